@@ -1,0 +1,3 @@
+"""Worldflow: open-source marketing automation for virtual worlds."""
+
+__version__ = "0.1.0"

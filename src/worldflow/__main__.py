@@ -1,0 +1,3 @@
+from worldflow.cli import main
+
+main()

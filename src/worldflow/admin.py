@@ -1,0 +1,111 @@
+"""The admin API: sources and write keys, API tokens, the quarantine, reading the log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import msgspec
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+
+from worldflow.collect.errors import ApiError
+from worldflow.services import Services
+from worldflow.store.sql import SCOPES, NotFoundError, StoreError, TokenRef
+
+router = APIRouter(prefix="/v1", tags=["admin"])
+
+
+def _services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+def require(scope: str) -> Any:
+    async def check(request: Request) -> TokenRef:
+        return await _services(request).auth.token(request, scope)
+
+    return Depends(check)
+
+
+Read = Annotated[TokenRef, require("read")]
+Admin = Annotated[TokenRef, require("admin")]
+
+
+class NewSource(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    kind: str = Field(default="http", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class NewToken(BaseModel):
+    name: str = Field(min_length=1, max_length=200)
+    scopes: list[str] = Field(min_length=1, description=f"any of {sorted(SCOPES)}")
+
+
+@router.get("/sources")
+async def list_sources(request: Request, token: Admin) -> dict[str, Any]:
+    rows = await run_in_threadpool(_services(request).store.list_sources, token.workspace_id)
+    return {"sources": rows}
+
+
+@router.post("/sources", status_code=201)
+async def create_source(request: Request, body: NewSource, token: Admin) -> dict[str, Any]:
+    """Create a source; the answer holds its write key, shown this once."""
+    return await run_in_threadpool(
+        _services(request).store.create_source, token.workspace_id, body.name, body.kind
+    )
+
+
+@router.post("/tokens", status_code=201)
+async def create_token(request: Request, body: NewToken, token: Admin) -> dict[str, Any]:
+    """Create an API token; the answer holds the token, shown this once."""
+    try:
+        return await run_in_threadpool(
+            _services(request).store.create_token, token.workspace_id, body.name,
+            frozenset(body.scopes),
+        )  # fmt: skip
+    except StoreError as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from exc
+
+
+@router.delete("/tokens/{token_id}", status_code=204)
+async def revoke_token(request: Request, token_id: str, token: Admin) -> None:
+    svc = _services(request)
+    try:
+        await run_in_threadpool(svc.store.revoke_token, token.workspace_id, token_id)
+    except NotFoundError as exc:
+        raise ApiError(404, "not_found", str(exc)) from exc
+    svc.auth.forget()
+
+
+@router.get("/quarantine")
+async def list_quarantine(
+    request: Request,
+    token: Read,
+    after: Annotated[int, Query(ge=0, description="return entries with id > after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Messages that were refused, with the reason per field; page with ``after``."""
+    store = _services(request).store
+    items = await run_in_threadpool(store.list_quarantine, token.workspace_id, after, limit)
+    total = await run_in_threadpool(store.count_quarantine, token.workspace_id)
+    return {"items": items, "total": total, "next_after": items[-1]["id"] if items else after}
+
+
+@router.get("/log")
+async def read_log(
+    request: Request,
+    token: Read,
+    after: Annotated[int, Query(ge=0, description="return events with offset > after")] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Events of this workspace in log order, as canonical events with their offsets."""
+    svc = _services(request)
+    entries = await run_in_threadpool(svc.log.read, after, limit)
+    events = [
+        {"offset": e.offset, "event": msgspec.json.decode(e.body)}
+        for e in entries
+        if e.workspace_id == token.workspace_id
+    ]
+    next_after = entries[-1].offset if entries else after
+    return {"events": events, "next_after": next_after, "end_offset": svc.log.end_offset()}

@@ -1,0 +1,167 @@
+"""The ASGI application: composes the edges, the admin API and operations endpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from worldflow import __version__, admin
+from worldflow.collect import http as ingest_http
+from worldflow.collect import stream
+from worldflow.collect.errors import ApiError
+from worldflow.config import Settings
+from worldflow.log import LogError, LogOverloaded
+from worldflow.metrics import Metrics
+from worldflow.services import Services
+
+log = logging.getLogger("worldflow")
+
+
+def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+    headers = extra.pop("headers", None)
+    return JSONResponse({"code": code, "message": message, **extra}, status, headers=headers)
+
+
+class LatencyMiddleware:
+    """Request latency per route template (bounded label set), and error status counts."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", "unmatched")
+            self.metrics.request_latency.labels(scope["method"], template, str(status)).observe(
+                time.perf_counter() - started
+            )
+
+
+def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
+    """Build the application; ``services`` are opened on startup unless given (tests)."""
+    metrics_registry = services.metrics if services else Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        svc = services or await run_in_threadpool(Services.open, settings, metrics_registry)
+        app.state.services = svc
+        svc.ready = True
+        try:
+            yield
+        finally:
+            # Uvicorn has stopped accepting and drained requests: flush the log and close.
+            await run_in_threadpool(svc.close)
+
+    app = FastAPI(
+        title="Worldflow",
+        version=__version__,
+        summary="Open-source marketing automation for virtual worlds",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(ApiError)
+    async def api_error(_request: Request, exc: ApiError) -> Response:
+        _count(_request, exc.code)
+        return error_response(exc.status, exc.code, exc.message, headers=exc.headers)
+
+    @app.exception_handler(LogOverloaded)
+    async def overloaded(_request: Request, exc: LogOverloaded) -> Response:
+        _count(_request, "overloaded")
+        return error_response(
+            429, "overloaded", str(exc), headers={"Retry-After": str(exc.retry_after_s)}
+        )
+
+    @app.exception_handler(LogError)
+    async def log_error(_request: Request, exc: LogError) -> Response:
+        _count(_request, "log_unavailable")
+        return error_response(503, "log_unavailable", str(exc), headers={"Retry-After": "1"})
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request: Request, exc: StarletteHTTPException) -> Response:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        message = str(exc.detail)
+        if exc.status_code == 405:
+            message = f"{_request.method} is not allowed on {_request.url.path}"
+        elif exc.status_code == 404:
+            message = f"no endpoint at {_request.url.path}"
+        _count(_request, code)
+        return error_response(exc.status_code, code, message, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        problems = [
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
+            for e in exc.errors()
+        ]
+        message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
+        _count(_request, "invalid_field")
+        return error_response(422, "invalid_field", message, errors=problems)
+
+    def _count(request: Request, code: str) -> None:
+        svc: Services | None = getattr(request.app.state, "services", None)
+        if svc is not None:
+            svc.metrics.requests_rejected.labels(code).inc()
+
+    @app.get("/healthz", tags=["operations"])
+    async def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["operations"])
+    async def readyz(request: Request) -> Response:
+        """Ready to accept events: store migrated, log writer running, not shutting down."""
+        svc: Services | None = getattr(request.app.state, "services", None)
+        if svc is None or not svc.ready:
+            return error_response(503, "not_ready", "starting or shutting down")
+        return JSONResponse({"status": "ready", "log_end_offset": svc.log.end_offset()})
+
+    @app.get("/metrics", tags=["operations"], include_in_schema=True)
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics."""
+        svc: Services = request.app.state.services
+        svc.metrics.log_pending.set(svc.log.pending_events)
+        svc.metrics.log_end_offset.set(svc.log.end_offset())
+        return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    app.include_router(ingest_http.router)
+    app.include_router(stream.router)
+    app.include_router(admin.router)
+
+    # Browsers post to the ingest paths from any page of the brand's site or world.
+    app.add_middleware(
+        CORSMiddleware,
+        allow_origin_regex=".*",
+        allow_credentials=True,
+        allow_methods=["GET", "POST", "OPTIONS"],
+        allow_headers=["*"],
+        max_age=86400,
+    )
+    app.add_middleware(LatencyMiddleware, metrics=metrics_registry)
+    return app

@@ -1,0 +1,136 @@
+"""The ``worldflow`` command line."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import uvicorn
+from rich.console import Console
+from rich.panel import Panel
+
+from worldflow import __version__
+from worldflow.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="Worldflow: marketing automation for virtual worlds.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+console = Console(stderr=True)
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="TOML settings file (default ./worldflow.toml)")
+]
+DataDirOpt = Annotated[
+    Path | None, typer.Option("--data-dir", help="Data directory [env WORLDFLOW_DATA_DIR]")
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option("--store", help="Store URL, e.g. postgresql://user@host/db [WORLDFLOW_STORE]"),
+]
+
+
+def _settings(config: Path | None, **overrides: Any) -> Settings:
+    try:
+        return load_settings(config, **overrides)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _lock_data_dir(data_dir: Path) -> Any:
+    """One server per data directory: the embedded log has exactly one writer."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    handle = (data_dir / ".lock").open("w")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        console.print(f"[red]error:[/red] another Worldflow server uses {data_dir}")
+        raise typer.Exit(1) from None
+    return handle
+
+
+@app.command()
+def serve(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str | None, typer.Option(help="Listen address [WORLDFLOW_HOST]")] = None,
+    port: Annotated[int | None, typer.Option(help="Listen port [WORLDFLOW_PORT]")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Run the embedded server: ingestion, the event log and the admin API in one process."""
+    from worldflow.app import create_app
+    from worldflow.services import Services
+
+    settings = _settings(config, data_dir=data_dir, host=host, port=port, store=store)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    lock = _lock_data_dir(settings.data_dir)
+    services = Services.open(settings)
+    boot = services.bootstrap
+    if boot.write_key or boot.admin_token:
+        console.print(
+            Panel.fit(
+                f"workspace [bold]{boot.workspace_id}[/bold] created\n"
+                f"write key:   [bold]{boot.write_key}[/bold]\n"
+                f"admin token: [bold]{boot.admin_token}[/bold]\n"
+                "They are stored hashed and will not be shown again.",
+                title="Worldflow first start",
+            )
+        )
+    console.print(
+        f"Worldflow {__version__} on http://{settings.host}:{settings.port} "
+        f"(store {settings.store_url.split('@')[-1]}, docs at /docs)"
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(settings, services),
+            host=settings.host,
+            port=settings.port,
+            loop="uvloop",
+            http="httptools",
+            ws="websockets-sansio",
+            lifespan="on",
+            log_level=settings.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=15,
+            server_header=False,
+        )
+    )
+    try:
+        server.run()  # SIGINT/SIGTERM: stop accepting, drain requests, then lifespan closes
+    finally:
+        lock.close()
+
+
+@app.command()
+def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreOpt = None) -> None:
+    """Bring the store's schema to the newest version."""
+    from worldflow.store.sql import SqlStore
+
+    settings = _settings(config, data_dir=data_dir, store=store)
+    sql = SqlStore(settings.store_url)
+    sql.migrate()
+    sql.close()
+    console.print("schema is up to date")
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    typer.echo(__version__)
+
+
+def main() -> None:
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,312 @@
+"""Segment spec calls (track, identify, page, screen, group, alias; batch) → canonical events.
+
+Each message of a batch is decoded on its own (the batch keeps them as raw JSON), so one bad
+message is quarantined with the path of the offending field while its neighbours are stored.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import msgspec
+
+from worldflow.events.catalogue import Catalogue
+from worldflow.events.model import CALL_TYPES, Event, FieldProblem, Rejected
+
+Id = str | int | float | None
+
+# Per-call type: fields the spec requires beyond userId/anonymousId.
+_REQUIRED: dict[str, tuple[str, ...]] = {
+    "track": ("event",),
+    "alias": ("previousId", "userId"),
+    "group": ("groupId",),
+}
+
+# The short paths analytics.js uses (/v1/t, /v1/i, ...) and the long ones.
+PATH_TYPES: dict[str, str] = {
+    "track": "track", "t": "track",
+    "identify": "identify", "i": "identify",
+    "page": "page", "p": "page",
+    "screen": "screen", "s": "screen",
+    "group": "group", "g": "group",
+    "alias": "alias", "a": "alias",
+}  # fmt: skip
+
+MAX_ID_CHARS = 200
+
+
+class SegmentMessage(msgspec.Struct, rename="camel"):
+    """The fields of a Segment message that Worldflow reads; unknown fields are ignored."""
+
+    type: str | None = None
+    event: str | None = None
+    name: str | None = None
+    category: str | None = None
+    message_id: Id = None
+    anonymous_id: Id = None
+    user_id: Id = None
+    previous_id: Id = None
+    group_id: Id = None
+    timestamp: datetime | None = None
+    original_timestamp: datetime | None = None
+    sent_at: datetime | None = None
+    properties: dict[str, Any] | None = None
+    traits: dict[str, Any] | None = None
+    context: dict[str, Any] | None = None
+    integrations: dict[str, Any] | None = None
+    write_key: str | None = None
+    channel: str | None = None
+
+
+class SegmentBatch(msgspec.Struct, rename="camel"):
+    batch: list[msgspec.Raw]
+    sent_at: datetime | None = None
+    write_key: str | None = None
+    context: dict[str, Any] | None = None  # analytics.js sends batch-level context
+    integrations: dict[str, Any] | None = None
+
+
+_message_decoder = msgspec.json.Decoder(SegmentMessage)
+_batch_decoder = msgspec.json.Decoder(SegmentBatch)
+_any_decoder = msgspec.json.Decoder()
+
+
+class BodyError(ValueError):
+    """The request body as a whole is unusable (not JSON, wrong shape); names the problem."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _path_of(exc: msgspec.ValidationError, prefix: str) -> FieldProblem:
+    text = str(exc)
+    field = prefix
+    if " - at `$" in text:
+        text, _, where = text.partition(" - at `$")
+        field = prefix + where.rstrip("`")
+    return FieldProblem(field.lstrip(".") or "body", text)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC) if value.utcoffset() else value
+
+
+def _id(value: Id) -> str | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return str(value)
+
+
+def split_batch(body: bytes) -> tuple[list[msgspec.Raw], datetime | None, str | None, dict[str, Any] | None]:
+    """Decode a batch body; raises :class:`BodyError` if it is not a Segment batch."""
+    try:
+        batch = _batch_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        if isinstance(exc, msgspec.ValidationError):
+            problem = _path_of(exc, "")
+            raise BodyError("invalid_batch", f"{problem.field}: {problem.message}") from exc
+        raise BodyError("invalid_json", f"body is not valid JSON: {exc}") from exc
+    return batch.batch, _utc(batch.sent_at), batch.write_key, batch.context
+
+
+def write_key_in_body(body: bytes) -> str | None:
+    """The ``writeKey`` of a single call or a batch (analytics.js puts it in the body)."""
+    try:
+        doc = _any_decoder.decode(body)
+    except msgspec.DecodeError:
+        return None
+    if not isinstance(doc, dict):
+        return None
+    key = doc.get("writeKey")
+    if isinstance(key, str):
+        return key
+    batch = doc.get("batch")
+    if isinstance(batch, list) and batch and isinstance(batch[0], dict):
+        key = batch[0].get("writeKey")
+        if isinstance(key, str):
+            return key
+    return None
+
+
+class SegmentTranslator:
+    """Turns Segment messages into canonical events, or into :class:`Rejected` with reasons."""
+
+    def __init__(self, catalogue: Catalogue, max_message_bytes: int, max_future_skew_s: float):
+        self.catalogue = catalogue
+        self.max_message_bytes = max_message_bytes
+        self.max_future_skew = timedelta(seconds=max_future_skew_s)
+
+    def translate(
+        self,
+        raws: list[msgspec.Raw] | list[bytes],
+        *,
+        workspace_id: str,
+        source_id: str,
+        received_at: datetime,
+        sent_at: datetime | None = None,
+        forced_type: str | None = None,
+        batch_context: dict[str, Any] | None = None,
+        prefix: str = "batch",
+        channel: str = "segment",
+    ) -> Iterator[Event | Rejected]:
+        single = forced_type is not None or prefix == ""
+        for index, raw in enumerate(raws):
+            where = prefix if single else f"{prefix}[{index}]"
+            yield self._one(
+                bytes(raw), index, where, workspace_id, source_id, received_at, sent_at,
+                forced_type, batch_context, channel,
+            )  # fmt: skip
+
+    def _one(
+        self,
+        raw: bytes,
+        index: int,
+        where: str,
+        workspace_id: str,
+        source_id: str,
+        received_at: datetime,
+        batch_sent_at: datetime | None,
+        forced_type: str | None,
+        batch_context: dict[str, Any] | None,
+        channel: str,
+    ) -> Event | Rejected:
+        def reject(code: str, *problems: FieldProblem, message_id: str | None = None) -> Rejected:
+            return Rejected(index, message_id, code, problems, raw)
+
+        if len(raw) > self.max_message_bytes:
+            return reject(
+                "message_too_large",
+                FieldProblem(
+                    where or "body",
+                    f"message is {len(raw)} bytes; the limit is {self.max_message_bytes}",
+                ),
+            )
+        try:
+            msg = _message_decoder.decode(raw)
+        except msgspec.ValidationError as exc:
+            return reject("invalid_field", _path_of(exc, where))
+        except msgspec.DecodeError as exc:
+            return reject("invalid_json", FieldProblem(where or "body", f"not valid JSON: {exc}"))
+
+        message_id = _id(msg.message_id)
+        call = forced_type or msg.type
+        dot = f"{where}." if where else ""
+        problems: list[FieldProblem] = []
+        if call is None:
+            problems.append(FieldProblem(f"{dot}type", "required field is missing"))
+        elif call not in CALL_TYPES:
+            problems.append(
+                FieldProblem(
+                    f"{dot}type",
+                    f"{call!r} is not a call type; use one of {', '.join(sorted(CALL_TYPES))}",
+                )
+            )
+        user_id, anonymous_id = _id(msg.user_id), _id(msg.anonymous_id)
+        previous_id, group_id = _id(msg.previous_id), _id(msg.group_id)
+        if call != "alias" and user_id is None and anonymous_id is None:
+            problems.append(
+                FieldProblem(f"{dot}userId", "either userId or anonymousId is required")
+            )
+        present = {
+            "event": msg.event, "previousId": previous_id, "userId": user_id, "groupId": group_id
+        }  # fmt: skip
+        for field in _REQUIRED.get(call or "", ()):
+            if not present[field]:
+                problems.append(FieldProblem(f"{dot}{field}", "required field is missing"))
+        for field, value in (
+            ("messageId", message_id), ("userId", user_id), ("anonymousId", anonymous_id),
+            ("previousId", previous_id), ("groupId", group_id),
+        ):  # fmt: skip
+            if value is not None and len(value) > MAX_ID_CHARS:
+                problems.append(
+                    FieldProblem(f"{dot}{field}", f"longer than {MAX_ID_CHARS} characters")
+                )
+        if problems:
+            return reject("invalid_message", *problems, message_id=message_id)
+        assert call is not None
+
+        properties = msg.properties or {}
+        name: str | None = msg.event if call == "track" else msg.name
+        original_name: str | None = None
+        custom = False
+        tier = 1
+        schema_version: int | None = None
+        if call == "track" and name is not None:
+            mapped = self.catalogue.map_segment(name, properties)
+            if mapped is not None:
+                original_name = name
+                name, properties = mapped
+            spec = self.catalogue.get(name)
+            if spec is None:
+                custom = True
+            else:
+                errors = self.catalogue.validate(name, properties)
+                if errors:
+                    return reject(
+                        "invalid_properties",
+                        *(FieldProblem(f"{dot}{e.path}", e.message) for e in errors),
+                        message_id=message_id,
+                    )
+                tier = spec.tier_for(properties)
+                schema_version = spec.version
+        if call == "page" and msg.category is not None:
+            properties = {**properties, "category": properties.get("category", msg.category)}
+
+        sent_at = _utc(msg.sent_at) or batch_sent_at
+        original = _utc(msg.original_timestamp)
+        explicit = _utc(msg.timestamp)
+        if original is not None and sent_at is not None:
+            timestamp = received_at - (sent_at - original)
+        elif explicit is not None:
+            timestamp = explicit
+        elif original is not None:
+            timestamp = original
+        else:
+            timestamp = received_at
+        if timestamp - received_at > self.max_future_skew:
+            timestamp = received_at
+
+        context = msg.context or {}
+        traits = msg.traits or {}
+        if not traits and call == "identify" and isinstance(context.get("traits"), dict):
+            traits = context["traits"]  # RudderStack sends identify traits in context.traits
+        if batch_context:
+            context = {**batch_context, **context}
+        if msg.channel and "channel" not in context:
+            context = {**context, "channel": msg.channel}
+        return Event(
+            message_id=message_id or str(uuid.uuid4()),
+            workspace_id=workspace_id,
+            source_id=source_id,
+            channel=channel,
+            type=call,
+            name=name,
+            custom=custom,
+            original_name=original_name,
+            schema_version=schema_version,
+            tier=tier,
+            timestamp=timestamp,
+            original_timestamp=original or explicit,
+            sent_at=sent_at,
+            received_at=received_at,
+            anonymous_id=anonymous_id,
+            user_id=user_id,
+            previous_id=previous_id,
+            group_id=group_id,
+            properties=properties,
+            traits=traits,
+            context=context,
+            integrations=msg.integrations or {},
+        )

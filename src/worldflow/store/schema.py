@@ -1,0 +1,97 @@
+"""The one relational schema, shared by SQLite (embedded) and PostgreSQL (scale-out).
+
+Times are integer milliseconds since the Unix epoch (``*_ms``): portable, compact and cheap to
+compare on both engines. Every row belongs to a workspace.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+# SQLite only aliases the rowid (dense, fast appends) for a column declared INTEGER PRIMARY KEY.
+RowId = BigInteger().with_variant(Integer(), "sqlite")
+
+workspaces = Table(
+    "workspaces",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+sources = Table(
+    "sources",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workspace_id", String(64), ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(32), nullable=False, server_default="http"),
+    # SHA-256 of the write key: keys are high-entropy random strings, so a fast hash is enough
+    # and allows an indexed lookup per request.
+    Column("write_key_hash", String(64), nullable=False, unique=True),
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+)
+
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workspace_id", String(64), ForeignKey("workspaces.id"), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    Column("scopes", String(200), nullable=False),  # space-separated: ingest read admin
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("revoked_at_ms", BigInteger, nullable=True),
+)
+
+# The embedded event log. The offset is the position in the log; the unique (workspace,
+# message id) pair is the durable deduplication index.
+event_log = Table(
+    "event_log",
+    metadata,
+    Column("offset", RowId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("message_id", String(200), nullable=False),
+    Column("partition", Integer, nullable=False, server_default="0"),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    UniqueConstraint("workspace_id", "message_id"),
+)
+
+quarantine = Table(
+    "quarantine",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("source_id", String(64), nullable=True),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("channel", String(32), nullable=False),
+    Column("message_id", String(200), nullable=True),
+    Column("code", String(64), nullable=False),
+    Column("errors", Text, nullable=False),  # JSON list of {"field", "message"}
+    Column("payload", LargeBinary, nullable=False),
+    Index(None, "workspace_id", "id"),
+)
