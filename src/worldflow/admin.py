@@ -101,11 +101,7 @@ async def read_log(
 ) -> dict[str, Any]:
     """Events of this workspace in log order, as canonical events with their offsets."""
     svc = _services(request)
-    entries = await run_in_threadpool(svc.log.read, after, limit)
-    events = [
-        {"offset": e.offset, "event": msgspec.json.decode(e.body)}
-        for e in entries
-        if e.workspace_id == token.workspace_id
-    ]
+    entries = await run_in_threadpool(svc.log.read, after, limit, None, token.workspace_id)
+    events = [{"offset": e.offset, "event": msgspec.json.decode(e.body)} for e in entries]
     next_after = entries[-1].offset if entries else after
     return {"events": events, "next_after": next_after, "end_offset": svc.log.end_offset()}

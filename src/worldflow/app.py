@@ -70,14 +70,16 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        svc = services or await run_in_threadpool(Services.open, settings, metrics_registry)
+        svc = services
+        if svc is None:
+            svc = await run_in_threadpool(Services.open, settings, metrics_registry)
         app.state.services = svc
-        svc.ready = True
+        await svc.start()
         try:
             yield
         finally:
             # Uvicorn has stopped accepting and drained requests: flush the log and close.
-            await run_in_threadpool(svc.close)
+            await svc.close()
 
     app = FastAPI(
         title="Worldflow",
@@ -117,8 +119,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
         problems = [
-            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]}
-            for e in exc.errors()
+            {"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"]} for e in exc.errors()
         ]
         message = "; ".join(f"{p['field']}: {p['message']}" for p in problems)
         _count(_request, "invalid_field")

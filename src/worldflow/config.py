@@ -39,6 +39,10 @@ class Settings:
     max_pending_events: int = 200_000
     # Group commit: the log writer commits at most this many events per transaction.
     max_commit_events: int = 20_000
+    # Duplicates (same workspace and message id) are recognised within this window of receipt
+    # time, holding at most dedupe_max_keys ids in memory (about 70 bytes each).
+    dedupe_window_s: float = 24 * 3600.0
+    dedupe_max_keys: int = 2_000_000
     # Accepted client clock skew is corrected from sentAt; beyond this future drift is clamped.
     max_future_skew_s: float = 24 * 3600.0
     log_level: str = "info"
@@ -83,8 +87,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     known = {f.name: getattr(settings, f.name) for f in fields(Settings)}
     layers: list[tuple[str, dict[str, Any]]] = []
 
-    path = config_file or (Path(os.environ[f"{_ENV_PREFIX}CONFIG"]) if os.environ.get(
-        f"{_ENV_PREFIX}CONFIG") else None)
+    path = config_file or (
+        Path(os.environ[f"{_ENV_PREFIX}CONFIG"]) if os.environ.get(f"{_ENV_PREFIX}CONFIG") else None
+    )
     if path is None and Path("worldflow.toml").is_file():
         path = Path("worldflow.toml")
     if path is not None:

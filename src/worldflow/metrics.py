@@ -20,7 +20,7 @@ class Metrics:
             ["workspace", "channel", "code"], registry=r,
         )  # fmt: skip
         self.events_duplicate = Counter(
-            "worldflow_events_duplicate", "Events already in the log (same workspace and message id)",
+            "worldflow_events_duplicate", "Events already in the log (same workspace, message id)",
             ["workspace", "channel"], registry=r,
         )  # fmt: skip
         self.requests_rejected = Counter(

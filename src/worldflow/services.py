@@ -30,18 +30,20 @@ class Services:
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
-        """Migrate the store, create the default workspace if needed and start the log writer."""
+        """Migrate the store, create the default workspace if needed; ``start`` does the rest."""
         store = SqlStore(settings.store_url)
         store.migrate()
         bootstrap = store.bootstrap(settings.write_key, settings.admin_token)
         metrics = metrics or Metrics()
         log = SqlEventLog(
             store.engine,
+            settings.store_url,
             max_pending_events=settings.max_pending_events,
             max_commit_events=settings.max_commit_events,
+            dedupe_window_s=settings.dedupe_window_s,
+            dedupe_max_keys=settings.dedupe_max_keys,
             on_commit=metrics.observe_commit,
         )
-        log.start()
         catalogue = Catalogue.default()
         return cls(
             settings=settings,
@@ -57,8 +59,12 @@ class Services:
             bootstrap=bootstrap,
         )
 
-    def close(self) -> None:
-        """Flush what the log writer holds, then release the store."""
+    async def start(self) -> None:
+        await self.log.start()
+        self.ready = True
+
+    async def close(self) -> None:
+        """Let the log writer commit what it holds, then release the store."""
         self.ready = False
-        self.log.close()
+        await self.log.close()
         self.store.close()

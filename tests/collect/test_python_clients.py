@@ -1,4 +1,4 @@
-"""The official Python client libraries of Segment and RudderStack, unchanged, against the server."""
+"""The official Python libraries of Segment and RudderStack, unchanged, against the server."""
 
 from __future__ import annotations
 

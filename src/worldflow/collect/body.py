@@ -54,9 +54,7 @@ def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
     try:
         out = inflater.decompress(body, limit + 1)
     except zlib.error as exc:
-        raise ApiError(
-            400, "invalid_encoding", f"body could not be decompressed: {exc}"
-        ) from exc
+        raise ApiError(400, "invalid_encoding", f"body could not be decompressed: {exc}") from exc
     if len(out) > limit or inflater.unconsumed_tail:
         raise too_large("after decompression", limit)
     if not inflater.eof:

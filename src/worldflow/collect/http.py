@@ -6,9 +6,11 @@ decompression, auth, then one translation pass and one append to the log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
 from fastapi import APIRouter, Request, Response
 from starlette.responses import JSONResponse
 
@@ -74,6 +76,7 @@ async def _segment(request: Request, call: str | None) -> Response:
     body = await read_body(request, svc.settings.max_request_bytes)
     sent_at = None
     batch_context = None
+    raws: Sequence[msgspec.Raw | bytes]
     if call is None:
         try:
             raws, sent_at, body_key, batch_context = segment.split_batch(body)
@@ -141,6 +144,7 @@ async def cloudevents_endpoint(request: Request) -> Response:
     body = await read_body(request, svc.settings.max_request_bytes)
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     batch = content_type == "application/cloudevents-batch+json"
+    raws: Sequence[msgspec.Raw | bytes]
     try:
         if batch:
             raws = cloudevents.split_batch(body)

@@ -10,6 +10,7 @@ connection stays open.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +19,6 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
-from worldflow.events import segment
 from worldflow.log import LogError, LogOverloaded
 from worldflow.services import Services
 
@@ -30,7 +30,7 @@ _POLICY_VIOLATION = 1008
 class _Frame(msgspec.Struct):
     batch: list[msgspec.Raw] | None = None
     id: str | int | None = None
-    sentAt: str | None = None  # noqa: N815 - wire name
+    sentAt: str | None = None
 
 
 _frame_decoder = msgspec.json.Decoder(_Frame)
@@ -54,7 +54,9 @@ async def stream(websocket: WebSocket) -> None:
                 return
             data = message.get("text")
             raw: bytes = data.encode() if data is not None else message.get("bytes") or b""
-            await websocket.send_bytes(await _handle(svc, source.workspace_id, source.source_id, raw))
+            await websocket.send_bytes(
+                await _handle(svc, source.workspace_id, source.source_id, raw)
+            )
     except WebSocketDisconnect:
         return
     finally:
@@ -75,7 +77,7 @@ async def _handle(svc: Services, workspace_id: str, source_id: str, raw: bytes) 
             raise ApiError(400, "invalid_json", f"frame is not a JSON object: {exc}") from exc
         frame_id = frame.id
         if frame.batch is not None:
-            raws: list[msgspec.Raw] | list[bytes] = frame.batch
+            raws: Sequence[msgspec.Raw | bytes] = frame.batch
             prefix = "batch"
         else:
             raws, prefix = [raw], ""

@@ -138,8 +138,9 @@ class EventSpec:
 
 
 # --- Compiled checks -----------------------------------------------------------------------
-# Each field compiles to a pair of closures: `ok(value) -> bool` for the hot path and
-# `explain(value, path, errors)`, run only when `ok` said no, to name every problem.
+# Each field compiles to two closures. `ok(value) -> bool` is the hot path. `explain(value, path,
+# errors)` runs only when `ok` said no; it re-checks everything itself rather than trusting
+# `ok`, so a property test can hold the two against each other.
 
 _Ok = Callable[[Any], bool]
 _Explain = Callable[[Any, str, list[FieldError]], None]
@@ -221,9 +222,10 @@ def _is_timestamp(value: Any) -> bool:
     return True
 
 
-def _type_error(expected: str) -> _Explain:
+def _type_check(is_type: _Ok, expected: str) -> _Explain:
     def explain(value: Any, path: str, errors: list[FieldError]) -> None:
-        errors.append(FieldError(path, f"expected {expected}, got {_describe(value)}"))
+        if not is_type(value):
+            errors.append(FieldError(path, f"expected {expected}, got {_describe(value)}"))
 
     return explain
 
@@ -240,11 +242,11 @@ _SCALAR_OK: Final[Mapping[str, tuple[_Ok, str]]] = {
 
 def _compile_scalar(spec: FieldSpec) -> _Node:
     is_type, expected = _SCALAR_OK[spec.type]
-    wrong_type = _type_error(expected)
+    check_type = _type_check(is_type, expected)
     if spec.pattern is not None:
-        return _compile_pattern(spec.pattern, spec.description, wrong_type)
+        return _compile_pattern(spec.pattern, spec.description, check_type)
     if spec.minimum is None and spec.maximum is None:
-        return _Node(is_type, wrong_type)
+        return _Node(is_type, check_type)
     low = -math.inf if spec.minimum is None else spec.minimum
     high = math.inf if spec.maximum is None else spec.maximum
 
@@ -253,16 +255,16 @@ def _compile_scalar(spec: FieldSpec) -> _Node:
 
     def explain(value: Any, path: str, errors: list[FieldError]) -> None:
         if not is_type(value):
-            wrong_type(value, path, errors)
+            check_type(value, path, errors)
         elif value < low:
             errors.append(FieldError(path, f"must be >= {low}, got {value!r}"))
-        else:
+        elif value > high:
             errors.append(FieldError(path, f"must be <= {high}, got {value!r}"))
 
     return _Node(ok, explain)
 
 
-def _compile_pattern(pattern: str, description: str, wrong_type: _Explain) -> _Node:
+def _compile_pattern(pattern: str, description: str, check_type: _Explain) -> _Node:
     fullmatch = re.compile(pattern).fullmatch
     hint = f"; expected {description.rstrip('.')}" if description else ""
 
@@ -271,8 +273,8 @@ def _compile_pattern(pattern: str, description: str, wrong_type: _Explain) -> _N
 
     def explain(value: Any, path: str, errors: list[FieldError]) -> None:
         if not isinstance(value, str):
-            wrong_type(value, path, errors)
-        else:
+            check_type(value, path, errors)
+        elif fullmatch(value) is None:
             errors.append(FieldError(path, f"{_short(value)} does not match {pattern}{hint}"))
 
     return _Node(ok, explain)
@@ -286,10 +288,10 @@ def _compile_enum(choices: tuple[str, ...]) -> _Node:
         return isinstance(value, str) and value in allowed
 
     def explain(value: Any, path: str, errors: list[FieldError]) -> None:
-        if isinstance(value, str):
-            errors.append(FieldError(path, f"{_short(value)} is not one of: {listed}"))
-        else:
+        if not isinstance(value, str):
             errors.append(FieldError(path, f"expected one of: {listed}; got {_describe(value)}"))
+        elif value not in allowed:
+            errors.append(FieldError(path, f"{_short(value)} is not one of: {listed}"))
 
     return _Node(ok, explain)
 
@@ -310,8 +312,7 @@ def _compile_list(item: _Node, expected: str) -> _Node:
             errors.append(FieldError(path, f"expected {expected}, got {_describe(value)}"))
             return
         for index, element in enumerate(value):
-            if not item_ok(element):
-                item_explain(element, f"{path}[{index}]", errors)
+            item_explain(element, f"{path}[{index}]", errors)
 
     return _Node(ok, explain)
 
@@ -334,7 +335,7 @@ def _compile_map(value_node: _Node, expected: str) -> _Node:
         for key, element in value.items():
             if not isinstance(key, str):
                 errors.append(FieldError(path, f"keys must be strings, got {_describe(key)}"))
-            elif not value_ok(element):
+            else:
                 value_explain(element, f"{path}.{key}", errors)
 
     return _Node(ok, explain)
@@ -343,6 +344,7 @@ def _compile_map(value_node: _Node, expected: str) -> _Node:
 def _compile_object(fields: Mapping[str, FieldSpec], expected: str) -> _Node:
     compiled = tuple((name, spec.required, _compile(spec)) for name, spec in fields.items())
     checks = tuple((name, required, node.ok) for name, required, node in compiled)
+    explainers = tuple((name, required, node.explain) for name, required, node in compiled)
 
     def ok(value: Any) -> bool:
         if type(value) is not dict and not isinstance(value, Mapping):
@@ -361,13 +363,12 @@ def _compile_object(fields: Mapping[str, FieldSpec], expected: str) -> _Node:
         if not _is_mapping(value):
             errors.append(FieldError(path, f"expected {expected}, got {_describe(value)}"))
             return
-        for name, required, node in compiled:
+        for name, required, explain_member in explainers:
             member = value.get(name)
-            if member is None:
-                if required:
-                    errors.append(FieldError(f"{path}.{name}", _MISSING))
-            elif not node.ok(member):
-                node.explain(member, f"{path}.{name}", errors)
+            if member is not None:
+                explain_member(member, f"{path}.{name}", errors)
+            elif required:
+                errors.append(FieldError(f"{path}.{name}", _MISSING))
 
     return _Node(ok, explain)
 
@@ -442,7 +443,12 @@ class Catalogue:
 
     @classmethod
     def from_yaml(cls, text: str) -> Catalogue:
-        return cls.from_mapping(_require_mapping(yaml.safe_load(text), "(document)"))
+        """Parse catalogue YAML; raises ValueError for invalid YAML or a malformed catalogue."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"malformed catalogue: not valid YAML: {exc}") from exc
+        return cls.from_mapping(_require_mapping(data, "(document)"))
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any]) -> Catalogue:
@@ -480,9 +486,12 @@ class Catalogue:
         """Translate a Segment e-commerce spec event into the catalogue.
 
         Returns ``(catalogue name, properties)``, where properties keeps every original key and
-        adds the catalogue's fields. A catalogue field that overwrites an original value of
-        the same key keeps the original under ``segment_<key>``. Spec names the catalogue has
-        no event for come back unchanged (they stay custom). None: not a Segment spec name.
+        adds the catalogue's fields; a catalogue field that replaces an original value of the
+        same key keeps that value under ``segment_<key>``. A returned catalogue event always
+        validates: the Segment spec makes every property optional, so an event that cannot
+        become a valid catalogue event (no product_id or sku, no order_id...) comes back
+        unchanged under its Segment name, as a custom event, rather than being rejected. So do
+        spec names the catalogue has no event for. None: ``name`` is not a Segment spec name.
         """
         rule = _SEGMENT_RULES.get(_SEGMENT_V1_ALIASES.get(name, name))
         if rule is None:
@@ -495,6 +504,8 @@ class Catalogue:
             if key in mapped and mapped[key] != value:
                 mapped[f"segment_{key}"] = mapped[key]
             mapped[key] = value
+        if self._validators[target](mapped):
+            return name, dict(properties)
         return target, mapped
 
 
@@ -901,11 +912,11 @@ def _derive_order(props: Mapping[str, Any]) -> dict[str, Any]:
 # Spec name → (catalogue event or None when it stays custom, derivation, note for the docs).
 # fmt: off
 _SEGMENT_TABLE: Final[tuple[tuple[str, str | None, _Derive | None, str], ...]] = (
-    ("Products Searched", None, None, "custom: no search event in the catalogue; the free-text "
+    ("Products Searched", None, None, "no search event in the catalogue; the free-text "
      "query may hold personal data"),
     ("Product List Viewed", "content.impression", _derive_product_list,
      "placement_id ← list_id, else category, else 'product_list'"),
-    ("Product List Filtered", None, None, "custom"),
+    ("Product List Filtered", None, None, ""),
     ("Promotion Viewed", "content.impression", _derive_promotion,
      "placement_id ← position, else promotion_id, else 'promotion'; creative_id ← creative; "
      "campaign_id ← promotion_id"),
@@ -916,30 +927,30 @@ _SEGMENT_TABLE: Final[tuple[tuple[str, str | None, _Derive | None, str], ...]] =
     ("Product Added", "cart.item_added", _derive_cart_item,
      "obj ← product; qty ← quantity (default 1); money ← price, currency; cart_id"),
     ("Product Removed", "cart.item_removed", _derive_cart_item, "as Product Added"),
-    ("Cart Viewed", None, None, "custom"),
+    ("Cart Viewed", None, None, ""),
     ("Checkout Started", "checkout.started", _derive_checkout,
      "cart_value ← value, else revenue, else total; items ← products; items_count = units; "
      "order_id"),
-    ("Checkout Step Viewed", None, None, "custom"),
-    ("Checkout Step Completed", None, None, "custom"),
-    ("Payment Info Entered", None, None, "custom"),
+    ("Checkout Step Viewed", None, None, ""),
+    ("Checkout Step Completed", None, None, ""),
+    ("Payment Info Entered", None, None, ""),
     ("Order Completed", "order.completed", _derive_order,
      "order_id ← order_id, else checkout_id; total ← total, else revenue, else value; "
      "items ← products"),
-    ("Order Updated", None, None, "custom"),
-    ("Order Refunded", None, None, "custom: the catalogue has no refund event yet"),
-    ("Order Cancelled", None, None, "custom"),
-    ("Coupon Entered", None, None, "custom"),
-    ("Coupon Applied", None, None, "custom"),
-    ("Coupon Denied", None, None, "custom"),
-    ("Coupon Removed", None, None, "custom"),
-    ("Product Added to Wishlist", None, None, "custom"),
-    ("Product Removed from Wishlist", None, None, "custom"),
+    ("Order Updated", None, None, ""),
+    ("Order Refunded", None, None, "the catalogue has no refund event yet"),
+    ("Order Cancelled", None, None, ""),
+    ("Coupon Entered", None, None, ""),
+    ("Coupon Applied", None, None, ""),
+    ("Coupon Denied", None, None, ""),
+    ("Coupon Removed", None, None, ""),
+    ("Product Added to Wishlist", None, None, ""),
+    ("Product Removed from Wishlist", None, None, ""),
     ("Wishlist Product Added to Cart", "cart.item_added", _derive_cart_item,
      "as Product Added"),
-    ("Product Shared", None, None, "custom"),
-    ("Cart Shared", None, None, "custom"),
-    ("Product Reviewed", None, None, "custom: review text may hold personal data"),
+    ("Product Shared", None, None, ""),
+    ("Cart Shared", None, None, ""),
+    ("Product Reviewed", None, None, "review text may hold personal data"),
 )
 # fmt: on
 
@@ -1078,14 +1089,16 @@ def render_markdown(catalogue: Catalogue) -> str:
         "that value under `segment_<key>`. Product fields become `obj` {object_id ← product_id",
         "or sku, product {sku ← sku or product_id, variant}, tags ← [category]}; prices become",
         "`money` {amount as a decimal string, currency upper-cased (default USD), kind fiat}.",
-        "Names marked custom keep their Segment name.",
+        "Names marked custom keep their Segment name, and so does an event that cannot become a",
+        "valid catalogue event (the Segment spec makes every property optional; a product with",
+        "neither product_id nor sku has no `obj`): it is kept as a custom event, not rejected.",
         "",
         "| Segment event | Catalogue event | Mapping |",
         "|---|---|---|",
     ]
     for name, target, _, note in _SEGMENT_TABLE:
         shown = f"`{target}`" if target else "custom"
-        lines.append(f"| {name} | {shown} | {_cell(note)} |")
+        lines.append(f"| {name} | {shown} | {_cell(note) or '—'} |")
     aliases = ", ".join(f"{alias} → {name}" for alias, name in _SEGMENT_V1_ALIASES.items())
     lines += ["", f"Segment e-commerce v1 aliases: {aliases}."]
     return "\n".join(lines) + "\n"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -82,7 +82,7 @@ class CloudEventsTranslator:
 
     def translate(
         self,
-        raws: list[msgspec.Raw] | list[bytes],
+        raws: Sequence[msgspec.Raw | bytes],
         *,
         workspace_id: str,
         source_id: str,
@@ -120,11 +120,17 @@ class CloudEventsTranslator:
         for attr in ("id", "source", "type", "specversion"):
             value = doc.get(attr)
             if not isinstance(value, str) or not value:
-                what = "required attribute is missing" if value is None else "must be a non-empty string"
+                what = (
+                    "required attribute is missing"
+                    if value is None
+                    else "must be a non-empty string"
+                )
                 problems.append(FieldProblem(field(attr), what))
         if isinstance(doc.get("specversion"), str) and doc["specversion"] != "1.0":
             problems.append(
-                FieldProblem(field("specversion"), f"{doc['specversion']!r} is not supported; use '1.0'")
+                FieldProblem(
+                    field("specversion"), f"{doc['specversion']!r} is not supported; use '1.0'"
+                )
             )
         extensions = {k: v for k, v in doc.items() if k not in _CORE}
         for key in extensions:
@@ -143,7 +149,9 @@ class CloudEventsTranslator:
                 problems.append(FieldProblem(field(key), "must be a string"))
         if not user_id and not anonymous_id:
             problems.append(
-                FieldProblem(field("userid"), "either the userid or the anonymousid extension is required")
+                FieldProblem(
+                    field("userid"), "either the userid or the anonymousid extension is required"
+                )
             )
         event_time = _time(doc.get("time"), field("time"), problems)
         mid = (

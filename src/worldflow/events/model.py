@@ -1,4 +1,4 @@
-"""The canonical event: every wire format (Segment spec, CloudEvents, the world stream) becomes this.
+"""The canonical event: every wire format (Segment, CloudEvents, the world stream) becomes this.
 
 An event is immutable once it is in the log. Field names are snake_case; times are UTC.
 ``timestamp`` is the best estimate of when the event happened: the client's time corrected for

@@ -7,7 +7,7 @@ message is quarantined with the path of the offending field while its neighbours
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -92,24 +92,26 @@ def _path_of(exc: msgspec.ValidationError, prefix: str) -> FieldProblem:
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    if value is None:
-        return None
+    if value is None or value.tzinfo is UTC:
+        return value
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value.astimezone(UTC) if value.utcoffset() else value
 
 
 def _id(value: Id) -> str | None:
-    if value is None or value == "":
-        return None
-    if isinstance(value, bool):
+    if type(value) is str:
+        return value or None
+    if value is None or isinstance(value, bool):
         return None
     if isinstance(value, float) and value.is_integer():
         value = int(value)
     return str(value)
 
 
-def split_batch(body: bytes) -> tuple[list[msgspec.Raw], datetime | None, str | None, dict[str, Any] | None]:
+def split_batch(
+    body: bytes,
+) -> tuple[list[msgspec.Raw], datetime | None, str | None, dict[str, Any] | None]:
     """Decode a batch body; raises :class:`BodyError` if it is not a Segment batch."""
     try:
         batch = _batch_decoder.decode(body)
@@ -150,7 +152,7 @@ class SegmentTranslator:
 
     def translate(
         self,
-        raws: list[msgspec.Raw] | list[bytes],
+        raws: Sequence[msgspec.Raw | bytes],
         *,
         workspace_id: str,
         source_id: str,
@@ -182,59 +184,31 @@ class SegmentTranslator:
         batch_context: dict[str, Any] | None,
         channel: str,
     ) -> Event | Rejected:
-        def reject(code: str, *problems: FieldProblem, message_id: str | None = None) -> Rejected:
-            return Rejected(index, message_id, code, problems, raw)
-
         if len(raw) > self.max_message_bytes:
-            return reject(
-                "message_too_large",
-                FieldProblem(
-                    where or "body",
-                    f"message is {len(raw)} bytes; the limit is {self.max_message_bytes}",
-                ),
+            problem = FieldProblem(
+                where or "body",
+                f"message is {len(raw)} bytes; the limit is {self.max_message_bytes}",
             )
+            return Rejected(index, None, "message_too_large", (problem,), raw)
         try:
             msg = _message_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            return reject("invalid_field", _path_of(exc, where))
+            return Rejected(index, None, "invalid_field", (_path_of(exc, where),), raw)
         except msgspec.DecodeError as exc:
-            return reject("invalid_json", FieldProblem(where or "body", f"not valid JSON: {exc}"))
+            problem = FieldProblem(where or "body", f"not valid JSON: {exc}")
+            return Rejected(index, None, "invalid_json", (problem,), raw)
 
-        message_id = _id(msg.message_id)
         call = forced_type or msg.type
-        dot = f"{where}." if where else ""
-        problems: list[FieldProblem] = []
-        if call is None:
-            problems.append(FieldProblem(f"{dot}type", "required field is missing"))
-        elif call not in CALL_TYPES:
-            problems.append(
-                FieldProblem(
-                    f"{dot}type",
-                    f"{call!r} is not a call type; use one of {', '.join(sorted(CALL_TYPES))}",
-                )
-            )
+        message_id = _id(msg.message_id)
         user_id, anonymous_id = _id(msg.user_id), _id(msg.anonymous_id)
         previous_id, group_id = _id(msg.previous_id), _id(msg.group_id)
-        if call != "alias" and user_id is None and anonymous_id is None:
-            problems.append(
-                FieldProblem(f"{dot}userId", "either userId or anonymousId is required")
-            )
-        present = {
-            "event": msg.event, "previousId": previous_id, "userId": user_id, "groupId": group_id
-        }  # fmt: skip
-        for field in _REQUIRED.get(call or "", ()):
-            if not present[field]:
-                problems.append(FieldProblem(f"{dot}{field}", "required field is missing"))
-        for field, value in (
-            ("messageId", message_id), ("userId", user_id), ("anonymousId", anonymous_id),
-            ("previousId", previous_id), ("groupId", group_id),
-        ):  # fmt: skip
-            if value is not None and len(value) > MAX_ID_CHARS:
-                problems.append(
-                    FieldProblem(f"{dot}{field}", f"longer than {MAX_ID_CHARS} characters")
-                )
-        if problems:
-            return reject("invalid_message", *problems, message_id=message_id)
+        if not _plausible(call, msg.event, message_id, user_id, anonymous_id, previous_id,
+                          group_id):  # fmt: skip
+            problems = _call_problems(
+                call, msg.event, message_id, user_id, anonymous_id, previous_id, group_id,
+                f"{where}." if where else "",
+            )  # fmt: skip
+            return Rejected(index, message_id, "invalid_message", problems, raw)
         assert call is not None
 
         properties = msg.properties or {}
@@ -246,7 +220,8 @@ class SegmentTranslator:
         if call == "track" and name is not None:
             mapped = self.catalogue.map_segment(name, properties)
             if mapped is not None:
-                original_name = name
+                if mapped[0] != name:
+                    original_name = name
                 name, properties = mapped
             spec = self.catalogue.get(name)
             if spec is None:
@@ -254,27 +229,21 @@ class SegmentTranslator:
             else:
                 errors = self.catalogue.validate(name, properties)
                 if errors:
-                    return reject(
-                        "invalid_properties",
-                        *(FieldProblem(f"{dot}{e.path}", e.message) for e in errors),
-                        message_id=message_id,
-                    )
+                    dot = f"{where}." if where else ""
+                    problems = tuple(FieldProblem(f"{dot}{e.path}", e.message) for e in errors)
+                    return Rejected(index, message_id, "invalid_properties", problems, raw)
                 tier = spec.tier_for(properties)
                 schema_version = spec.version
-        if call == "page" and msg.category is not None:
-            properties = {**properties, "category": properties.get("category", msg.category)}
+        elif call == "page" and msg.category is not None and "category" not in properties:
+            properties = {**properties, "category": msg.category}
 
         sent_at = _utc(msg.sent_at) or batch_sent_at
         original = _utc(msg.original_timestamp)
         explicit = _utc(msg.timestamp)
         if original is not None and sent_at is not None:
             timestamp = received_at - (sent_at - original)
-        elif explicit is not None:
-            timestamp = explicit
-        elif original is not None:
-            timestamp = original
         else:
-            timestamp = received_at
+            timestamp = explicit or original or received_at
         if timestamp - received_at > self.max_future_skew:
             timestamp = received_at
 
@@ -310,3 +279,63 @@ class SegmentTranslator:
             context=context,
             integrations=msg.integrations or {},
         )
+
+
+def _plausible(
+    call: str | None,
+    event: str | None,
+    message_id: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    previous_id: str | None,
+    group_id: str | None,
+) -> bool:
+    """The common case, checked cheaply; :func:`_call_problems` explains any failure."""
+    if call == "track":
+        ok = bool(event) and (user_id is not None or anonymous_id is not None)
+    elif call == "alias":
+        ok = previous_id is not None and user_id is not None
+    elif call == "group":
+        ok = group_id is not None and (user_id is not None or anonymous_id is not None)
+    else:
+        ok = call in CALL_TYPES and (user_id is not None or anonymous_id is not None)
+    return ok and all(
+        v is None or len(v) <= MAX_ID_CHARS
+        for v in (message_id, user_id, anonymous_id, previous_id, group_id)
+    )
+
+
+def _call_problems(
+    call: str | None,
+    event: str | None,
+    message_id: str | None,
+    user_id: str | None,
+    anonymous_id: str | None,
+    previous_id: str | None,
+    group_id: str | None,
+    dot: str,
+) -> tuple[FieldProblem, ...]:
+    """What the Segment spec requires of a call, beyond field types; () when all is well."""
+    problems: list[FieldProblem] = []
+    if call is None:
+        problems.append(FieldProblem(f"{dot}type", "required field is missing"))
+    elif call not in CALL_TYPES:
+        problems.append(
+            FieldProblem(
+                f"{dot}type",
+                f"{call!r} is not a call type; use one of {', '.join(sorted(CALL_TYPES))}",
+            )
+        )
+    if call != "alias" and user_id is None and anonymous_id is None:
+        problems.append(FieldProblem(f"{dot}userId", "either userId or anonymousId is required"))
+    present = {"event": event, "previousId": previous_id, "userId": user_id, "groupId": group_id}
+    for field in _REQUIRED.get(call or "", ()):
+        if not present[field]:
+            problems.append(FieldProblem(f"{dot}{field}", "required field is missing"))
+    for field, value in (
+        ("messageId", message_id), ("userId", user_id), ("anonymousId", anonymous_id),
+        ("previousId", previous_id), ("groupId", group_id),
+    ):  # fmt: skip
+        if value is not None and len(value) > MAX_ID_CHARS:
+            problems.append(FieldProblem(f"{dot}{field}", f"longer than {MAX_ID_CHARS} characters"))
+    return tuple(problems)

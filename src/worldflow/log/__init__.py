@@ -51,7 +51,7 @@ class LogError(Exception):
     """The log could not make records durable; nothing of the call was acknowledged."""
 
 
-class LogOverloaded(LogError):  # noqa: N818 - reads as a state, like asyncio.QueueFull
+class LogOverloaded(LogError):
     """Too many events are waiting for the writer; the caller should retry later."""
 
     def __init__(self, retry_after_s: int) -> None:
@@ -66,7 +66,13 @@ class EventLog(Protocol):
         """Return once every record is durable (or was already there); raise LogError if not."""
         ...
 
-    def read(self, after_offset: int, limit: int, partition: int | None = None) -> list[LogEntry]:
+    def read(
+        self,
+        after_offset: int,
+        limit: int,
+        partition: int | None = None,
+        workspace_id: str | None = None,
+    ) -> list[LogEntry]:
         """Entries with offset > after_offset, in offset order."""
         ...
 
@@ -75,8 +81,8 @@ class EventLog(Protocol):
     @property
     def pending_events(self) -> int: ...
 
-    def start(self) -> None: ...
+    async def start(self) -> None: ...
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Write everything already accepted, then stop."""
         ...

@@ -152,7 +152,9 @@ class SqlStore:
 
     @staticmethod
     def _has(conn: sa.Connection, column: sa.Column[str], secret: str) -> bool:
-        return conn.execute(sa.select(column).where(column == hash_secret(secret))).first() is not None
+        return (
+            conn.execute(sa.select(column).where(column == hash_secret(secret))).first() is not None
+        )
 
     @staticmethod
     def _insert_source(
@@ -205,7 +207,10 @@ class SqlStore:
         with self.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(
-                    sources.c.id, sources.c.name, sources.c.kind, sources.c.created_at_ms,
+                    sources.c.id,
+                    sources.c.name,
+                    sources.c.kind,
+                    sources.c.created_at_ms,
                     sources.c.disabled,
                 )
                 .where(sources.c.workspace_id == workspace_id)
@@ -213,9 +218,7 @@ class SqlStore:
             )
             return [dict(row._mapping) for row in rows]
 
-    def create_token(
-        self, workspace_id: str, name: str, scopes: frozenset[str]
-    ) -> dict[str, Any]:
+    def create_token(self, workspace_id: str, name: str, scopes: frozenset[str]) -> dict[str, Any]:
         token = new_secret("wat")
         with self.engine.begin() as conn:
             token_id = self._insert_token(conn, workspace_id, name, scopes, token)

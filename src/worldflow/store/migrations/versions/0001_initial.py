@@ -48,9 +48,6 @@ def upgrade() -> None:
         sa.Column("partition", sa.Integer, nullable=False, server_default="0"),
         sa.Column("received_at_ms", sa.BigInteger, nullable=False),
         sa.Column("body", sa.LargeBinary, nullable=False),
-        sa.UniqueConstraint(
-            "workspace_id", "message_id", name="uq_event_log_workspace_id_message_id"
-        ),
     )
     op.create_table(
         "quarantine",

@@ -1,0 +1,84 @@
+"""Shared by the benchmarks: servers in child processes, their memory, the load generator."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+WRITE_KEY = "wk_bench"
+ADMIN_TOKEN = "wat_bench"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not become ready")
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@contextmanager
+def worldflow_server(extra_env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
+    """(port, pid) of a fresh ``worldflow serve`` on a temporary data directory."""
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="wf-bench-") as data:
+        env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+               "WORLDFLOW_LOG_LEVEL": "warning", **(extra_env or {})}  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "worldflow", "serve", "--data-dir", data, "--port", str(port)],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            wait_ready(port, proc)
+            yield port, proc.pid
+        finally:
+            proc.terminate()
+            proc.wait(30)
+
+
+@contextmanager
+def baseline_server() -> Iterator[tuple[int, int]]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline_asgi", str(port)])
+    try:
+        wait_ready(port, proc)
+        yield port, proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def loadgen(*args: str) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", *args, "--write-key", WRITE_KEY],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result: dict[str, float] = json.loads(out.stdout)
+    return result

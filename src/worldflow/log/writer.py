@@ -1,0 +1,259 @@
+"""The log writer process: the single writer of ``event_log``, with group commit.
+
+It runs in its own process so that fsyncs and SQLite's per-row work never compete with request
+handling for the interpreter lock. It reads request frames from a socket; after the first frame
+it drains every frame already waiting, writes them all in one transaction (inserts, quarantine
+rows), commits once, and only then answers each frame. An answer therefore means "durable".
+
+Deduplication is by (workspace, message id) within a window of receipt time (24 hours by
+default, bounded in keys), like Segment's own and like JetStream's duplicate window: a client
+retrying a batch is not counted twice.
+
+Frames are a 4-byte big-endian length and a msgpack body:
+request ``[request_id, records, quarantined]``, answer ``[request_id, duplicate_indexes,
+end_offset, error, commit_seconds, group_events]``. When the socket closes the writer finishes
+its transaction and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import struct
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+log = logging.getLogger(__name__)
+
+HEADER = struct.Struct(">I")
+_CHUNK = 500  # rows per statement (x 8 columns stays below SQLite's bound-parameter limit)
+_LOG_INSERT = "INSERT INTO event_log (workspace_id, message_id, partition, received_at_ms, body)"
+_QUARANTINE_INSERT = (
+    "INSERT INTO quarantine (workspace_id, source_id, received_at_ms, channel, message_id, code, "
+    "errors, payload)"
+)
+
+Request = tuple[int, list[list[Any]], list[list[Any]]]
+
+
+class DedupeWindow:
+    """Message keys seen within the deduplication window, in memory.
+
+    Keys are Python's 64-bit hash of (workspace, message id). The writer builds the window from
+    the log when it starts, so the per-process hash seed does not matter. The window keeps
+    ``window_ms`` of receipt time and at most ``max_keys`` keys (about 70 bytes each), evicting
+    whole minutes, oldest first.
+    """
+
+    def __init__(self, window_ms: int, max_keys: int) -> None:
+        self.window_ms = window_ms
+        self.max_keys = max_keys
+        self._keys: set[int] = set()
+        self._minutes: deque[tuple[int, list[int]]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key: int) -> bool:
+        return key in self._keys
+
+    def add(self, key: int, received_at_ms: int) -> None:
+        minute = received_at_ms // 60_000
+        if not self._minutes or self._minutes[-1][0] < minute:
+            self._minutes.append((minute, []))
+        self._minutes[-1][1].append(key)
+        self._keys.add(key)
+
+    def evict(self, now_ms: int) -> None:
+        oldest = (now_ms - self.window_ms) // 60_000
+        while self._minutes and (self._minutes[0][0] < oldest or len(self._keys) > self.max_keys):
+            _minute, keys = self._minutes.popleft()
+            self._keys.difference_update(keys)
+
+
+class LogWriter:
+    """Writes groups of requests in one transaction on a DBAPI connection."""
+
+    def __init__(self, raw: Any, dialect: str, window: DedupeWindow) -> None:
+        self.raw = raw
+        self.window = window
+        self.mark = "?" if dialect == "sqlite" else "%s"
+        self._statements: dict[tuple[str, int], str] = {}
+        self.end_offset = self._load_window()
+
+    def _load_window(self) -> int:
+        """Fill the window from the newest entries of the log; return the end offset."""
+        cursor = self.raw.cursor()
+        cursor.execute('SELECT max("offset") FROM event_log')
+        end = int(cursor.fetchone()[0] or 0)
+        now_ms = int(time.time() * 1000)
+        cutoff = now_ms - self.window.window_ms
+        loaded: list[tuple[int, int]] = []
+        upper = end
+        while upper > 0 and len(loaded) < self.window.max_keys:
+            lower = max(0, upper - 50_000)
+            cursor.execute(
+                "SELECT workspace_id, message_id, received_at_ms FROM event_log "
+                f'WHERE "offset" > {self.mark} AND "offset" <= {self.mark}',
+                [lower, upper],
+            )
+            rows = [(at, hash((ws, mid))) for ws, mid, at in cursor.fetchall() if at >= cutoff]
+            if not rows:
+                break
+            loaded.extend(rows)
+            upper = lower
+        loaded.sort()
+        for at, key in loaded:
+            self.window.add(key, at)
+        self.window.evict(now_ms)
+        cursor.close()
+        self.raw.commit()
+        return end
+
+    def _insert_many(
+        self, cursor: Any, head: str, width: int, rows: Sequence[Sequence[Any]]
+    ) -> None:
+        """Multi-row INSERTs: one statement per chunk instead of one per row."""
+        group = "(" + ",".join([self.mark] * width) + ")"
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            sql = self._statements.get((head, len(chunk)))
+            if sql is None:
+                sql = f"{head} VALUES {','.join([group] * len(chunk))}"
+                self._statements[(head, len(chunk))] = sql
+            cursor.execute(sql, [value for row in chunk for value in row])
+
+    def write(self, group: list[Request]) -> list[list[int]]:
+        """Append a group in one transaction; per request, the indexes that were duplicates."""
+        window = self.window
+        fresh: dict[int, int] = {}
+        rows: list[list[Any]] = []
+        duplicates: list[list[int]] = []
+        for _rid, records, _q in group:
+            dups: list[int] = []
+            for index, record in enumerate(records):
+                key = hash((record[0], record[1]))
+                if key in window or key in fresh:
+                    dups.append(index)
+                else:
+                    fresh[key] = record[3]
+                    rows.append(record)
+            duplicates.append(dups)
+        quarantined = [q for _rid, _r, qs in group for q in qs]
+        end_offset = self.end_offset
+        cursor = self.raw.cursor()
+        try:
+            if rows:
+                self._insert_many(cursor, _LOG_INSERT, 5, rows)
+                cursor.execute('SELECT max("offset") FROM event_log')
+                end_offset = int(cursor.fetchone()[0])
+            if quarantined:
+                self._insert_many(cursor, _QUARANTINE_INSERT, 8, quarantined)
+            self.raw.commit()
+        except BaseException:
+            self.raw.rollback()
+            raise
+        finally:
+            cursor.close()
+        self.end_offset = end_offset
+        for key, received_at_ms in fresh.items():
+            window.add(key, received_at_ms)
+        window.evict(int(time.time() * 1000))
+        return duplicates
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    chunks = []
+    while size:
+        chunk = sock.recv(min(size, 1 << 20))
+        if not chunk:
+            return None
+        chunks.append(chunk)
+        size -= len(chunk)
+    return b"".join(chunks)
+
+
+def _recv_frame(sock: socket.socket) -> bytes | None:
+    head = _recv_exact(sock, HEADER.size)
+    if head is None:
+        return None
+    return _recv_exact(sock, HEADER.unpack(head)[0])
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+def serve(
+    store_url: str,
+    sock: socket.socket,
+    max_group_events: int,
+    dedupe_window_ms: int,
+    dedupe_max_keys: int,
+) -> None:
+    """Entry point of the writer process."""
+    from worldflow.store.sql import create_store_engine
+
+    logging.basicConfig(level=logging.WARNING)
+    engine = create_store_engine(store_url)
+    raw = engine.raw_connection()
+    window = DedupeWindow(dedupe_window_ms, dedupe_max_keys)
+    writer = LogWriter(raw, engine.dialect.name, window)
+    decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
+    encoder = msgspec.msgpack.Encoder()
+    sock.sendall(frame(encoder.encode([0, [], writer.end_offset, None, 0.0, 0])))  # ready
+    open_ = True
+    while open_:
+        first = _recv_frame(sock)
+        if first is None:
+            break
+        group: list[Request] = [decoder.decode(first)]
+        size = len(group[0][1]) + len(group[0][2])
+        sock.setblocking(False)
+        try:  # drain what queued up while the last commit ran: that is the group commit
+            while size < max_group_events:
+                try:
+                    head = sock.recv(HEADER.size, socket.MSG_PEEK)
+                except BlockingIOError:
+                    break
+                if not head:
+                    open_ = False
+                    break
+                if len(head) < HEADER.size:
+                    break
+                sock.setblocking(True)
+                body = _recv_frame(sock)
+                sock.setblocking(False)
+                if body is None:
+                    open_ = False
+                    break
+                request = decoder.decode(body)
+                group.append(request)
+                size += len(request[1]) + len(request[2])
+        finally:
+            sock.setblocking(True)
+        started = time.perf_counter()
+        try:
+            duplicates = writer.write(group)
+            error = None
+        except Exception as exc:  # every waiting request hears about it; nothing is acknowledged
+            log.exception("event log commit failed")
+            duplicates = [[] for _ in group]
+            error = f"{type(exc).__name__}: {exc}"
+        elapsed = time.perf_counter() - started
+        # The first answer of a group carries the group's size and commit time (for metrics).
+        replies = b"".join(
+            frame(encoder.encode([rid, dups, writer.end_offset, error, *stats]))
+            for i, ((rid, _r, _q), dups) in enumerate(zip(group, duplicates, strict=True))
+            for stats in [(elapsed, size) if i == 0 else (0.0, 0)]
+        )
+        try:
+            sock.sendall(replies)
+        except OSError:
+            break
+    raw.close()
+    engine.dispose()
