@@ -146,3 +146,39 @@ def server(tmp_path: Path) -> Iterator[ServerProcess]:
 
 def node_available() -> bool:
     return shutil.which("node") is not None and shutil.which("npm") is not None
+
+
+@pytest.fixture(scope="session")
+def pg_database(pg_url: str) -> Iterator[str]:
+    """A PostgreSQL database of its own for this test session, dropped at the end."""
+    import uuid
+
+    import psycopg
+
+    name = f"wf_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name}")
+    base = pg_url.rsplit("/", 1)[0]
+    yield f"{base}/{name}"
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def _reset_postgres(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("DROP SCHEMA public CASCADE")
+        conn.execute("CREATE SCHEMA public")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A store URL on each engine: an empty SQLite file, or an emptied PostgreSQL database."""
+    from worldflow.config import normalise_store_url
+
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'store.db'}"
+    url: str = request.getfixturevalue("pg_database")
+    _reset_postgres(url)
+    return normalise_store_url(url)

@@ -162,6 +162,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         allow_credentials=True,
         allow_methods=["GET", "POST", "OPTIONS"],
         allow_headers=["*"],
+        # analytics.js honours Retry-After on a 429 only when the browser lets it read it.
+        expose_headers=["Retry-After"],
         max_age=86400,
     )
     app.add_middleware(LatencyMiddleware, metrics=metrics_registry)

@@ -32,9 +32,10 @@ class Settings:
     # Given secrets for the default workspace (tests, scripts); generated when empty.
     write_key: str = ""
     admin_token: str = ""
-    # Segment's limits: 32 KB per call, 500 KB per batch request.
+    # Segment's limit of 32 KB per call is enforced per message. Segment's SDKs keep batches
+    # under 500 KB, but RudderStack's send up to 4 MB, so a request (decompressed) may be 4 MB.
     max_message_bytes: int = 32 * 1024
-    max_request_bytes: int = 500 * 1024
+    max_request_bytes: int = 4 * 1024 * 1024
     # Events waiting for the log writer beyond this answer 429 with Retry-After.
     max_pending_events: int = 200_000
     # Group commit: the log writer commits at most this many events per transaction.

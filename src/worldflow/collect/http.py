@@ -134,6 +134,13 @@ for _path, _kind in segment.PATH_TYPES.items():
     )
 
 
+@router.post("/v1/m", summary="Client library telemetry (accepted and ignored)")
+async def library_metrics(request: Request) -> Response:
+    """analytics.js reports its own delivery counters here; they are read and discarded."""
+    await read_body(request, services(request).settings.max_request_bytes)
+    return JSONResponse({"success": True})
+
+
 @router.post("/v1/cloudevents", openapi_extra=_CE_DOC, summary="CloudEvents 1.0")
 async def cloudevents_endpoint(request: Request) -> Response:
     """Structured (``application/cloudevents+json``), batch (``application/cloudevents-batch+json``)

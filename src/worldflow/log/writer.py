@@ -17,19 +17,21 @@ its transaction and exits.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import socket
 import struct
 import time
 from collections import deque
 from collections.abc import Sequence
-from typing import Any
+from typing import IO, Any
 
 import msgspec
 
 log = logging.getLogger(__name__)
 
 HEADER = struct.Struct(">I")
+WRITER_LOCK_ID = 0x776F726C64  # PostgreSQL advisory lock key of the log writer
 _CHUNK = 500  # rows per statement (x 8 columns stays below SQLite's bound-parameter limit)
 _LOG_INSERT = "INSERT INTO event_log (workspace_id, message_id, partition, received_at_ms, body)"
 _QUARANTINE_INSERT = (
@@ -201,6 +203,7 @@ def serve(
     logging.basicConfig(level=logging.WARNING)
     engine = create_store_engine(store_url)
     raw = engine.raw_connection()
+    lock = _single_writer(store_url, raw)
     window = DedupeWindow(dedupe_window_ms, dedupe_max_keys)
     writer = LogWriter(raw, engine.dialect.name, window)
     decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
@@ -257,3 +260,19 @@ def serve(
             break
     raw.close()
     engine.dispose()
+    if lock is not None:
+        lock.close()
+
+
+def _single_writer(store_url: str, raw: Any) -> IO[str] | None:
+    """Wait until no other writer (say, of a killed server that is still finishing its last
+    commit) holds this log: its window must be loaded after the other's last commit."""
+    if store_url.startswith("sqlite:///"):
+        handle = open(store_url.removeprefix("sqlite:///") + "-writer.lock", "w")  # noqa: SIM115
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        return handle
+    cursor = raw.cursor()
+    cursor.execute("SELECT pg_advisory_lock(%s)", [WRITER_LOCK_ID])  # held for the session
+    cursor.close()
+    raw.commit()
+    return None
