@@ -1,0 +1,20 @@
+"""``make demo`` runs end to end: server up, traffic in, results shown."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.conftest import free_port
+
+
+def test_demo_runs_to_completion(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "worldflow.demo", "--no-wait", "--avatars", "5",
+         "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "accepted into the durable log" in out.stdout
+    assert "quarantined" in out.stdout
