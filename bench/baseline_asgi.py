@@ -46,7 +46,8 @@ async def app(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 if __name__ == "__main__":
+    workers = int(sys.argv[2]) if len(sys.argv) > 2 else 1
     uvicorn.run(
-        app, host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop", http="httptools",
-        log_level="warning", access_log=False,
+        "bench.baseline_asgi:app", host="127.0.0.1", port=int(sys.argv[1]), loop="uvloop",
+        http="httptools", log_level="warning", access_log=False, workers=workers,
     )  # fmt: skip

@@ -38,21 +38,35 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
 
 
 def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+    """Peak resident memory of a process and its children (workers, the log writer), summed."""
+    total = 0.0
+    pids = [pid]
+    while pids:
+        current = pids.pop()
+        try:
+            status = Path(f"/proc/{current}/status").read_text()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except OSError:
+            continue
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                total += int(line.split()[1]) / 1024
+        pids.extend(int(c) for c in children)
+    return total
 
 
 @contextmanager
-def worldflow_server(extra_env: dict[str, str] | None = None) -> Iterator[tuple[int, int]]:
+def worldflow_server(
+    workers: int = 1, extra_env: dict[str, str] | None = None
+) -> Iterator[tuple[int, int]]:
     """(port, pid) of a fresh ``worldflow serve`` on a temporary data directory."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="wf-bench-") as data:
         env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
                "WORLDFLOW_LOG_LEVEL": "warning", **(extra_env or {})}  # fmt: skip
         proc = subprocess.Popen(
-            [sys.executable, "-m", "worldflow", "serve", "--data-dir", data, "--port", str(port)],
+            [sys.executable, "-m", "worldflow", "serve", "--data-dir", data, "--port", str(port),
+             "--workers", str(workers)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -64,9 +78,9 @@ def worldflow_server(extra_env: dict[str, str] | None = None) -> Iterator[tuple[
 
 
 @contextmanager
-def baseline_server() -> Iterator[tuple[int, int]]:
+def baseline_server(workers: int = 1) -> Iterator[tuple[int, int]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline_asgi", str(port)])
+    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline_asgi", str(port), str(workers)])
     try:
         wait_ready(port, proc)
         yield port, proc.pid

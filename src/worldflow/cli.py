@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import fcntl
-import gc
 import logging
 import os
 from pathlib import Path
@@ -63,18 +62,25 @@ def serve(
     host: Annotated[str | None, typer.Option(help="Listen address [WORLDFLOW_HOST]")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port [WORLDFLOW_PORT]")] = None,
     store: StoreOpt = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Ingest worker processes [WORLDFLOW_WORKERS]")
+    ] = None,
 ) -> None:
-    """Run the embedded server: ingestion, the event log and the admin API in one process."""
-    from worldflow.app import create_app
-    from worldflow.services import Services
+    """Run the server: ingestion, the event log and the admin API.
 
-    settings = _settings(config, data_dir=data_dir, host=host, port=port, store=store)
+    With one worker (the default) everything runs in this process beside the log writer
+    process; with several, this process supervises the workers and the writer they share.
+    """
+    from worldflow.services import Services, prepare
+
+    settings = _settings(
+        config, data_dir=data_dir, host=host, port=port, store=store, workers=workers
+    )
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     lock = _lock_data_dir(settings.data_dir)
-    services = Services.open(settings)
-    boot = services.bootstrap
+    boot = prepare(settings)
     if boot.write_key or boot.admin_token:
         console.print(
             Panel.fit(
@@ -86,34 +92,61 @@ def serve(
             )
         )
     console.print(
-        f"Worldflow {__version__} on http://{settings.host}:{settings.port} "
-        f"(store {settings.store_url.split('@')[-1]}, docs at /docs)"
+        f"Worldflow {__version__} on http://{settings.host}:{settings.port} with "
+        f"{settings.workers} worker(s) (store {settings.store_url.split('@')[-1]}, docs at /docs)"
     )
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(settings, services),
-            host=settings.host,
-            port=settings.port,
-            loop="uvloop",
-            http="httptools",
-            ws="websockets-sansio",
-            lifespan="on",
-            log_level=settings.log_level,
-            access_log=False,
-            timeout_graceful_shutdown=15,
-            server_header=False,
-        )
-    )
-    # Ingestion allocates many short-lived objects per request; with the default gen-0 threshold
-    # (700) the collector walks the heap every few requests. Freeze what start-up built and
-    # collect less often: it keeps ~25% of the CPU for requests.
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 20)
+    uvicorn_options: dict[str, Any] = {
+        "host": settings.host,
+        "port": settings.port,
+        "loop": "uvloop",
+        "http": "httptools",
+        "ws": "websockets-sansio",
+        "lifespan": "on",
+        "log_level": settings.log_level,
+        "access_log": False,
+        "timeout_graceful_shutdown": 15,
+        "server_header": False,
+    }
     try:
-        server.run()  # SIGINT/SIGTERM: stop accepting, drain requests, then lifespan closes
+        if settings.workers <= 1:
+            # SIGINT/SIGTERM: stop accepting, drain requests, then the lifespan closes the log.
+            from worldflow.app import create_app
+
+            app_ = create_app(settings, Services.open(settings))
+            uvicorn.Server(uvicorn.Config(app_, **uvicorn_options)).run()
+        else:
+            _serve_workers(settings, uvicorn_options)
     finally:
         lock.close()
+
+
+def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
+    """Supervise N ingest workers (one listening socket) and the log writer they share."""
+    import shutil
+    from dataclasses import replace
+
+    from uvicorn.supervisors import Multiprocess
+
+    from worldflow.log.writer import WriterProcess
+    from worldflow.services import settings_env
+
+    writer = WriterProcess(
+        settings.store_url, settings.max_commit_events, int(settings.dedupe_window_s * 1000),
+        settings.dedupe_max_keys,
+    )  # fmt: skip
+    writer.start()
+    metrics_dir = settings.data_dir / "metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ.update(settings_env(replace(settings, log_writer_address=writer.address)))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)
+    config = uvicorn.Config(
+        "worldflow.app:worker_app", factory=True, workers=settings.workers, **uvicorn_options
+    )
+    try:
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+    finally:
+        writer.stop()  # after the workers: it commits what they sent, then exits
 
 
 @app.command()

@@ -47,6 +47,10 @@ class Settings:
     # Accepted client clock skew is corrected from sentAt; beyond this future drift is clamped.
     max_future_skew_s: float = 24 * 3600.0
     log_level: str = "info"
+    # Ingest worker processes (SO_REUSEPORT), all appending through one log writer process.
+    workers: int = 1
+    # Set by `worldflow serve` for its workers: where the log writer listens. Not a user setting.
+    log_writer_address: str = ""
 
     @property
     def store_url(self) -> str:

@@ -25,8 +25,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+# Fixed, local-only demo secrets so the printed curl examples work.
 WRITE_KEY = "wk_demo_showroom"
-ADMIN_TOKEN = "wat_demo_admin"
+ADMIN_TOKEN = "wat_demo_admin"  # noqa: S105
 ZONES = ["lobby", "sneakers", "jackets", "checkout"]
 PRODUCTS = {"sneakers": ["SNK-RUNNER", "SNK-TRAIL"], "jackets": ["JKT-RAIN", "JKT-DOWN"]}
 
@@ -57,8 +58,8 @@ def visit(avatar: int, rng: random.Random) -> list[dict[str, Any]]:
                "device_class": rng.choice(["hmd", "desktop", "mobile"])}  # fmt: skip
 
     def track(event: str, **properties: Any) -> dict[str, Any]:
-        return {"type": "track", "event": event, "anonymousId": user,
-                "messageId": str(uuid.uuid4()), "properties": properties, "context": context}  # fmt: skip
+        return {"type": "track", "event": event, "anonymousId": user, "context": context,
+                "messageId": str(uuid.uuid4()), "properties": properties}  # fmt: skip
 
     calls = [track("session.started", entry_point=rng.choice(["direct", "portal", "campaign"]))]
     for zone in rng.sample(ZONES, k=rng.randint(2, 4)):
@@ -90,9 +91,9 @@ def send_traffic(url: str, avatars: int) -> dict[str, int]:
         assert status == 200, status
         sent["batches"] += 1
         sent["events"] += len(calls)
-        _request(f"{url}/v1/identify", {"anonymousId": f"avatar-{avatar}",
-                                        "userId": f"user-{avatar}",
-                                        "traits": {"plan": rng.choice(["free", "vip"])}})  # fmt: skip
+        traits = {"plan": rng.choice(["free", "vip"])}
+        identify = {"anonymousId": f"avatar-{avatar}", "userId": f"user-{avatar}", "traits": traits}
+        _request(f"{url}/v1/identify", identify)
         sent["events"] += 1
     # A world server speaking CloudEvents.
     status, _ = _request(
@@ -123,7 +124,7 @@ def metric(url: str, name: str) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--port", type=int, default=int(os.environ.get("WORLDFLOW_PORT", 8080)))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("WORLDFLOW_PORT", "8080")))
     parser.add_argument("--data-dir", default=os.environ.get("WORLDFLOW_DATA_DIR", ".worldflow"))
     parser.add_argument("--avatars", type=int, default=40)
     parser.add_argument("--no-wait", action="store_true", help="stop after showing the results")
@@ -132,7 +133,7 @@ def main() -> None:
     env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     with console.status("starting the Worldflow server…"):
-        server = subprocess.Popen(
+        server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", "worldflow", "serve", "--data-dir", args.data_dir,
              "--port", str(args.port)],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
@@ -168,16 +169,17 @@ def main() -> None:
         console.print_json(json.dumps(log["events"][0]["event"]))
         _, quarantine = _request(f"{url}/v1/quarantine?limit=3", auth="bearer")
         for item in quarantine["items"]:
-            console.print(f"[yellow]quarantined[/yellow] {item['code']}: "
-                          f"{'; '.join(e['field'] + ': ' + e['message'] for e in item['errors'])}")  # fmt: skip
+            reasons = "; ".join(f"{e['field']}: {e['message']}" for e in item["errors"])
+            console.print(f"[yellow]quarantined[/yellow] {item['code']}: {reasons}")
+        bearer = f"-H 'Authorization: Bearer {ADMIN_TOKEN}'"
         console.print(
             f"\n[bold]Worldflow is running on {url}[/bold]\n"
             f"  API docs        {url}/docs\n"
             f"  metrics         {url}/metrics\n"
-            f"  the log         curl -H 'Authorization: Bearer {ADMIN_TOKEN}' '{url}/v1/log?limit=5'\n"
-            f"  quarantine      curl -H 'Authorization: Bearer {ADMIN_TOKEN}' {url}/v1/quarantine\n"
+            f"  the log         curl {bearer} '{url}/v1/log?limit=5'\n"
+            f"  quarantine      curl {bearer} {url}/v1/quarantine\n"
             f"  send an event   curl -u {WRITE_KEY}: {url}/v1/track -d "
-            "'{\"event\":\"zone.entered\",\"userId\":\"me\",\"properties\":{\"zone_id\":\"lobby\"}}'\n"
+            '\'{"event":"zone.entered","userId":"me","properties":{"zone_id":"lobby"}}\'\n'
             "Point any Segment or RudderStack SDK at this host with the write key above."
         )
         if not args.no_wait:

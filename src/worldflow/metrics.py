@@ -39,15 +39,19 @@ class Metrics:
             "worldflow_log_commit_events", "Events per group commit",
             buckets=(1, 10, 100, 500, 1000, 5000, 20000), registry=r,
         )  # fmt: skip
+        # multiprocess_mode tells how worker processes' values combine (ignored with one worker).
         self.log_pending = Gauge(
-            "worldflow_log_pending_events", "Events waiting for the log writer", registry=r
-        )
+            "worldflow_log_pending_events", "Events waiting for the log writer", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
         self.log_end_offset = Gauge(
-            "worldflow_log_end_offset", "Offset of the newest event in the log", registry=r
-        )
+            "worldflow_log_end_offset", "Offset of the newest event in the log", registry=r,
+            multiprocess_mode="max",
+        )  # fmt: skip
         self.ws_connections = Gauge(
-            "worldflow_stream_connections", "Open WebSocket stream connections", registry=r
-        )
+            "worldflow_stream_connections", "Open WebSocket stream connections", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
 
     def observe_commit(self, events: int, seconds: float) -> None:
         self.log_commit_events.observe(events)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import os
+import signal
+from dataclasses import dataclass, fields
+
+from starlette.concurrency import run_in_threadpool
 
 from worldflow.collect.auth import Authenticator
 from worldflow.collect.ingest import Ingestor
@@ -11,8 +16,37 @@ from worldflow.events.catalogue import Catalogue
 from worldflow.events.cloudevents import CloudEventsTranslator
 from worldflow.events.segment import SegmentTranslator
 from worldflow.log.sql import SqlEventLog
+from worldflow.log.writer import WriterProcess
 from worldflow.metrics import Metrics
 from worldflow.store.sql import Bootstrap, SqlStore
+
+log = logging.getLogger(__name__)
+
+
+def _stop_process(reason: str) -> None:
+    """Without its log a worker can only refuse events: shut down cleanly (a supervisor such as
+    systemd restarts the server) rather than linger holding the port."""
+    log.error("%s; shutting down", reason)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def prepare(settings: Settings) -> Bootstrap:
+    """Once per server, before any worker: migrate the store and create the default workspace."""
+    store = SqlStore(settings.store_url)
+    try:
+        store.migrate()
+        return store.bootstrap(settings.write_key, settings.admin_token)
+    finally:
+        store.close()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as WORLDFLOW_* variables, so worker processes load exactly these."""
+    return {
+        f"WORLDFLOW_{f.name.upper()}": str(getattr(settings, f.name))
+        for f in fields(settings)
+        if str(getattr(settings, f.name)) != ""
+    }
 
 
 @dataclass(slots=True)
@@ -25,24 +59,32 @@ class Services:
     ingestor: Ingestor
     segment: SegmentTranslator
     cloudevents: CloudEventsTranslator
-    bootstrap: Bootstrap
+    writer: WriterProcess | None = None  # owned by this process when it is the only worker
     ready: bool = False
 
     @classmethod
     def open(cls, settings: Settings, metrics: Metrics | None = None) -> Services:
-        """Migrate the store, create the default workspace if needed; ``start`` does the rest."""
+        """Build the parts of one worker; ``start`` connects them (see :func:`prepare`)."""
         store = SqlStore(settings.store_url)
-        store.migrate()
-        bootstrap = store.bootstrap(settings.write_key, settings.admin_token)
         metrics = metrics or Metrics()
+        # A server with several ingest workers starts the writer itself and tells the workers
+        # where it listens; a single process starts its own.
+        writer = None
+        address = settings.log_writer_address
+        if not address:
+            writer = WriterProcess(
+                settings.store_url,
+                settings.max_commit_events,
+                int(settings.dedupe_window_s * 1000),
+                settings.dedupe_max_keys,
+            )
+            address = writer.address
         log = SqlEventLog(
             store.engine,
-            settings.store_url,
+            address,
             max_pending_events=settings.max_pending_events,
-            max_commit_events=settings.max_commit_events,
-            dedupe_window_s=settings.dedupe_window_s,
-            dedupe_max_keys=settings.dedupe_max_keys,
             on_commit=metrics.observe_commit,
+            on_lost=_stop_process,
         )
         catalogue = Catalogue.default()
         return cls(
@@ -56,10 +98,12 @@ class Services:
                 catalogue, settings.max_message_bytes, settings.max_future_skew_s
             ),
             cloudevents=CloudEventsTranslator(catalogue),
-            bootstrap=bootstrap,
+            writer=writer,
         )
 
     async def start(self) -> None:
+        if self.writer is not None:
+            await run_in_threadpool(self.writer.start)
         await self.log.start()
         self.ready = True
 
@@ -67,4 +111,6 @@ class Services:
         """Let the log writer commit what it holds, then release the store."""
         self.ready = False
         await self.log.close()
+        if self.writer is not None:
+            await run_in_threadpool(self.writer.stop)
         self.store.close()

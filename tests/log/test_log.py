@@ -10,7 +10,7 @@ import pytest
 
 from worldflow.log import LogOverloaded, LogRecord, QuarantineRecord
 from worldflow.log.sql import SqlEventLog
-from worldflow.log.writer import DedupeWindow
+from worldflow.log.writer import DedupeWindow, WriterProcess
 from worldflow.store.sql import SqlStore
 
 
@@ -19,10 +19,24 @@ def records(prefix: str, n: int, workspace: str = "default") -> list[LogRecord]:
     return [LogRecord(workspace, f"{prefix}-{i}", 0, now, b'{"i":%d}' % i) for i in range(n)]
 
 
-def open_log(url: str, **kw: object) -> tuple[SqlStore, SqlEventLog]:
-    store = SqlStore(url)
-    store.migrate()
-    return store, SqlEventLog(store.engine, url, **kw)  # type: ignore[arg-type]
+class Opened:
+    """A migrated store, a running writer process and a log client on it."""
+
+    def __init__(self, url: str, **kw: object) -> None:
+        self.store = SqlStore(url)
+        self.store.migrate()
+        self.writer = WriterProcess(url, 20_000, 24 * 3600 * 1000, 1_000_000)
+        self.writer.start()
+        self.log = SqlEventLog(self.store.engine, self.writer.address, **kw)  # type: ignore[arg-type]
+
+    def close(self) -> None:
+        self.writer.stop()
+        self.store.close()
+
+
+def open_log(url: str, **kw: object) -> tuple[Opened, SqlEventLog]:
+    opened = Opened(url, **kw)
+    return opened, opened.log
 
 
 def test_appends_are_read_back_in_order_with_growing_offsets(store_url: str) -> None:
@@ -60,7 +74,10 @@ def test_duplicates_within_and_across_requests_and_across_restarts(store_url: st
         await log.close()
 
     asyncio.run(first())
-    restarted = SqlEventLog(store.engine, store_url)
+    store.writer.stop()
+    store.writer = WriterProcess(store_url, 20_000, 24 * 3600 * 1000, 1_000_000)
+    store.writer.start()
+    restarted = SqlEventLog(store.store.engine, store.writer.address)
 
     async def second() -> None:
         await restarted.start()  # the window is rebuilt from the log
@@ -92,8 +109,8 @@ def test_concurrent_requests_share_commits_and_quarantine_is_written(store_url: 
     assert sum(commits) == 50 * 20 + 1
     assert len(commits) < 50  # group commit: many requests per transaction
     assert len(log.read(0, 5000)) == 1000
-    assert store.count_quarantine("default") == 1
-    assert store.list_quarantine("default")[0]["code"] == "invalid_json"
+    assert store.store.count_quarantine("default") == 1
+    assert store.store.list_quarantine("default")[0]["code"] == "invalid_json"
     store.close()
 
 

@@ -1,8 +1,9 @@
 """The embedded event log: a table in the store, appended by a writer process (group commit).
 
 ``append`` sends the records to the writer process (:mod:`worldflow.log.writer`) and waits for
-its answer, which comes only after the commit that holds them. Many requests share one commit,
-so one fsync serves them all. Reading happens here, on the store's own connections.
+its answer, which comes only after the commit that holds them. Many requests, from every ingest
+worker, share one commit, so one fsync serves them all. Reading happens here, on the store's
+own connections.
 
 The writer is the only writer of ``event_log``, so offsets grow in commit order on both SQLite
 (rowid) and PostgreSQL (identity column).
@@ -11,7 +12,6 @@ The writer is the only writer of ``event_log``, so offsets grow in commit order 
 from __future__ import annotations
 
 import asyncio
-import multiprocessing
 import socket
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,32 +35,29 @@ CommitObserver = Callable[[int, float], None]  # (events in the commit, seconds 
 
 
 class SqlEventLog:
+    """Appends through the writer process at ``writer_address``; reads on the store's engine."""
+
     def __init__(
         self,
         engine: Engine,
-        url: str,
+        writer_address: str,
         *,
         max_pending_events: int = 200_000,
-        max_commit_events: int = 20_000,
-        dedupe_window_s: float = 24 * 3600,
-        dedupe_max_keys: int = 2_000_000,
         on_commit: CommitObserver | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.engine = engine
-        self.url = url
+        self.on_lost = on_lost
+        self.writer_address = writer_address
         self.max_pending_events = max_pending_events
-        self.max_commit_events = max_commit_events
         self.on_commit = on_commit
-        self.dedupe = (int(dedupe_window_s * 1000), dedupe_max_keys)
         self._pending = 0
         self._end_offset = 0
         self._next_id = 0
         self._waiting: dict[int, tuple[asyncio.Future[AppendResult], int]] = {}
-        self._process: Any = None
         self._stream: asyncio.StreamWriter | None = None
         self._reader_task: asyncio.Task[None] | None = None
         self._encoder = msgspec.msgpack.Encoder()
-        self._decoder = msgspec.msgpack.Decoder()
         self._failure: str | None = None
 
     @property
@@ -72,20 +69,12 @@ class SqlEventLog:
         return self._stream is not None and self._failure is None
 
     async def start(self) -> None:
-        """Start the writer process and wait until it has opened the store."""
-        ours, theirs = socket.socketpair()
-        context = multiprocessing.get_context("spawn")
-        self._process = context.Process(
-            target=writer_process.serve,
-            args=(self.url, theirs, self.max_commit_events, *self.dedupe),
-            name="worldflow-log-writer",
-            daemon=True,
-        )
-        await asyncio.to_thread(self._process.start)
-        theirs.close()
-        reader, self._stream = await asyncio.open_connection(sock=ours)
-        ready = await self._read_frame(reader)
-        self._end_offset = int(ready[2])
+        """Connect to the writer process and learn the log's end offset."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(writer_process.sockaddr(self.writer_address))
+        reader, self._stream = await asyncio.open_connection(sock=sock)
+        hello = await self._read_frame(reader)
+        self._end_offset = int(hello[2])
         self._reader_task = asyncio.create_task(self._read_answers(reader))
 
     @staticmethod
@@ -110,7 +99,10 @@ class SqlEventLog:
                 elif not future.done():
                     future.set_exception(LogError(f"could not write the event log: {error}"))
         except (asyncio.IncompleteReadError, ConnectionError) as exc:
-            self._fail(f"the log writer stopped ({exc.__class__.__name__})")
+            if self._stream is not None:  # not our own close(): the writer went away
+                self._fail(f"the log writer stopped ({exc.__class__.__name__})")
+                if self.on_lost is not None:
+                    self.on_lost(self._failure or "")
 
     def _fail(self, reason: str) -> None:
         self._failure = reason
@@ -141,20 +133,17 @@ class SqlEventLog:
         return await asyncio.shield(future)
 
     async def close(self) -> None:
-        """Let the writer commit everything it was sent, then stop it."""
+        """Wait for the answers to everything sent, then disconnect."""
         if self._stream is not None:
             if self._waiting:
                 await asyncio.gather(
                     *(f for f, _ in list(self._waiting.values())), return_exceptions=True
                 )
-            self._stream.close()
-            self._stream = None
+            stream, self._stream = self._stream, None
+            stream.close()
         if self._reader_task is not None:
             await asyncio.gather(self._reader_task, return_exceptions=True)
             self._reader_task = None
-        if self._process is not None:
-            await asyncio.to_thread(self._process.join, 30)
-            self._process = None
 
     # -- reading ----------------------------------------------------------------------------
 

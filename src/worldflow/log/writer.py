@@ -1,9 +1,10 @@
 """The log writer process: the single writer of ``event_log``, with group commit.
 
 It runs in its own process so that fsyncs and SQLite's per-row work never compete with request
-handling for the interpreter lock. It reads request frames from a socket; after the first frame
-it drains every frame already waiting, writes them all in one transaction (inserts, quarantine
-rows), commits once, and only then answers each frame. An answer therefore means "durable".
+handling for the interpreter lock. Every ingest worker of the server connects to it over a Unix
+socket. After the first frame it takes every frame already waiting (from all workers), writes
+them in one transaction (inserts, quarantine rows), commits once, and only then answers each
+frame. An answer therefore means "durable".
 
 Deduplication is by (workspace, message id) within a window of receipt time (24 hours by
 default, bounded in keys), like Segment's own and like JetStream's duplicate window: a client
@@ -11,16 +12,24 @@ retrying a batch is not counted twice.
 
 Frames are a 4-byte big-endian length and a msgpack body:
 request ``[request_id, records, quarantined]``, answer ``[request_id, duplicate_indexes,
-end_offset, error, commit_seconds, group_events]``. When the socket closes the writer finishes
-its transaction and exits.
+end_offset, error, commit_seconds, group_events]``; a connection is greeted with an answer of
+id 0 that carries the end offset. On SIGTERM, or when the server that started it has died, the
+writer commits what it has received and exits.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
+import multiprocessing
+import os
+import queue
+import secrets
+import signal
 import socket
 import struct
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -186,62 +195,135 @@ def _recv_frame(sock: socket.socket) -> bytes | None:
     return _recv_exact(sock, HEADER.unpack(head)[0])
 
 
+def sockaddr(address: str) -> str:
+    """``@name`` is a Linux abstract-namespace socket (no file to clean up); else a path."""
+    return "\0" + address[1:] if address.startswith("@") else address
+
+
 def frame(payload: bytes) -> bytes:
     return HEADER.pack(len(payload)) + payload
 
 
+class WriterProcess:
+    """Starts and stops the writer process, which listens on a Unix socket (abstract namespace)
+    that every ingest worker of this server connects to."""
+
+    def __init__(
+        self, store_url: str, max_group_events: int, dedupe_window_ms: int, dedupe_max_keys: int
+    ) -> None:
+        self.address = f"@worldflow-log-{os.getpid()}-{secrets.token_hex(6)}"
+        self._args = (store_url, self.address, max_group_events, dedupe_window_ms, dedupe_max_keys)
+        self._process: Any = None
+
+    def start(self, timeout: float = 60) -> None:
+        context = multiprocessing.get_context("spawn")
+        ready_recv, ready_send = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=serve, args=(*self._args, ready_send, os.getpid()),
+            name="worldflow-log-writer", daemon=False,
+        )  # fmt: skip
+        self._process.start()
+        ready_send.close()
+        if not ready_recv.poll(timeout):
+            self.stop()
+            raise RuntimeError("the log writer did not start in time")
+        try:
+            error = ready_recv.recv()
+        except EOFError:
+            error = f"the log writer exited with code {self._process.exitcode}"
+        if error:
+            self.stop()
+            raise RuntimeError(f"the log writer could not start: {error}")
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM: the writer commits what it has received, then exits."""
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            os.kill(self._process.pid, signal.SIGTERM)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = None
+
+
+class _Inbox:
+    """Frames from every connected worker, in arrival order, for the commit loop."""
+
+    def __init__(self) -> None:
+        self.queue: queue.SimpleQueue[tuple[socket.socket, Request]] = queue.SimpleQueue()
+        self.decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
+
+    def read_from(self, conn: socket.socket) -> None:
+        try:
+            while (body := _recv_frame(conn)) is not None:
+                self.queue.put((conn, self.decoder.decode(body)))
+        except OSError:
+            pass
+
+
 def serve(
     store_url: str,
-    sock: socket.socket,
+    address: str,
     max_group_events: int,
     dedupe_window_ms: int,
     dedupe_max_keys: int,
+    ready: Any,
+    parent_pid: int,
 ) -> None:
     """Entry point of the writer process."""
     from worldflow.store.sql import create_store_engine
 
     logging.basicConfig(level=logging.WARNING)
-    engine = create_store_engine(store_url)
-    raw = engine.raw_connection()
-    lock = _single_writer(store_url, raw)
-    window = DedupeWindow(dedupe_window_ms, dedupe_max_keys)
-    writer = LogWriter(raw, engine.dialect.name, window)
-    decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides when to stop
+    try:
+        engine = create_store_engine(store_url)
+        raw = engine.raw_connection()
+        lock = _single_writer(store_url, raw)
+        writer = LogWriter(
+            raw, engine.dialect.name, DedupeWindow(dedupe_window_ms, dedupe_max_keys)
+        )
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(sockaddr(address))
+        listener.listen(128)
+    except Exception as exc:
+        ready.send(f"{type(exc).__name__}: {exc}")
+        raise
+    ready.send(None)
+    ready.close()
     encoder = msgspec.msgpack.Encoder()
-    sock.sendall(frame(encoder.encode([0, [], writer.end_offset, None, 0.0, 0])))  # ready
-    open_ = True
-    while open_:
-        first = _recv_frame(sock)
-        if first is None:
-            break
-        group: list[Request] = [decoder.decode(first)]
-        size = len(group[0][1]) + len(group[0][2])
-        sock.setblocking(False)
-        try:  # drain what queued up while the last commit ran: that is the group commit
-            while size < max_group_events:
-                try:
-                    head = sock.recv(HEADER.size, socket.MSG_PEEK)
-                except BlockingIOError:
-                    break
-                if not head:
-                    open_ = False
-                    break
-                if len(head) < HEADER.size:
-                    break
-                sock.setblocking(True)
-                body = _recv_frame(sock)
-                sock.setblocking(False)
-                if body is None:
-                    open_ = False
-                    break
-                request = decoder.decode(body)
-                group.append(request)
-                size += len(request[1]) + len(request[2])
-        finally:
-            sock.setblocking(True)
+    inbox = _Inbox()
+
+    def accept() -> None:
+        while True:
+            conn, _ = listener.accept()
+            conn.sendall(frame(encoder.encode([0, [], writer.end_offset, None, 0.0, 0])))
+            threading.Thread(target=inbox.read_from, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True, name="accept").start()
+    while True:
+        try:
+            first = inbox.queue.get(timeout=0.2)
+        except queue.Empty:
+            if stopping.is_set() or os.getppid() != parent_pid:
+                break  # stopped, or the server died: everything received is committed
+            continue
+        # Group commit: everything that queued up while the last commit ran.
+        group = [first]
+        size = len(first[1][1]) + len(first[1][2])
+        while size < max_group_events:
+            try:
+                item = inbox.queue.get_nowait()
+            except queue.Empty:
+                break
+            group.append(item)
+            size += len(item[1][1]) + len(item[1][2])
         started = time.perf_counter()
         try:
-            duplicates = writer.write(group)
+            duplicates = writer.write([request for _conn, request in group])
             error = None
         except Exception as exc:  # every waiting request hears about it; nothing is acknowledged
             log.exception("event log commit failed")
@@ -249,15 +331,16 @@ def serve(
             error = f"{type(exc).__name__}: {exc}"
         elapsed = time.perf_counter() - started
         # The first answer of a group carries the group's size and commit time (for metrics).
-        replies = b"".join(
-            frame(encoder.encode([rid, dups, writer.end_offset, error, *stats]))
-            for i, ((rid, _r, _q), dups) in enumerate(zip(group, duplicates, strict=True))
-            for stats in [(elapsed, size) if i == 0 else (0.0, 0)]
-        )
-        try:
-            sock.sendall(replies)
-        except OSError:
-            break
+        replies: dict[socket.socket, list[bytes]] = {}
+        for i, ((conn, (rid, _r, _q)), dups) in enumerate(zip(group, duplicates, strict=True)):
+            stats = (elapsed, size) if i == 0 else (0.0, 0)
+            replies.setdefault(conn, []).append(
+                frame(encoder.encode([rid, dups, writer.end_offset, error, *stats]))
+            )
+        for conn, frames in replies.items():
+            with contextlib.suppress(OSError):  # a worker that is gone: committed all the same
+                conn.sendall(b"".join(frames))
+    listener.close()
     raw.close()
     engine.dispose()
     if lock is not None:
