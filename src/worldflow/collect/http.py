@@ -19,7 +19,9 @@ from worldflow.collect.body import read_body
 from worldflow.collect.errors import ApiError
 from worldflow.collect.ingest import IngestResult
 from worldflow.events import cloudevents, segment
+from worldflow.events.model import FieldProblem, Rejected
 from worldflow.services import Services
+from worldflow.store.sql import SourceRef
 
 router = APIRouter(tags=["ingest"])
 
@@ -68,6 +70,23 @@ def ingest_response(result: IngestResult, *, single: bool) -> Response:
     return JSONResponse(body)
 
 
+async def quarantine_body(
+    svc: Services,
+    source: SourceRef,
+    channel: str,
+    body: bytes,
+    error: ApiError,
+    received_at: datetime,
+) -> None:
+    """An authenticated body that is not even a batch is kept in the quarantine, like any
+    refused message, before the client hears the error."""
+    rejected = Rejected(0, None, error.code, (FieldProblem("body", error.message),), body)
+    await svc.ingestor.ingest(
+        [rejected], workspace_id=source.workspace_id, source_id=source.source_id,
+        channel=channel, received_at=received_at,
+    )  # fmt: skip
+
+
 async def _segment(request: Request, call: str | None) -> Response:
     svc = services(request)
     received_at = datetime.now(UTC)
@@ -81,7 +100,10 @@ async def _segment(request: Request, call: str | None) -> Response:
         try:
             raws, sent_at, body_key, batch_context = segment.split_batch(body)
         except segment.BodyError as exc:
-            raise ApiError(400, exc.code, str(exc)) from exc
+            error = ApiError(400, exc.code, str(exc))
+            if source is not None:
+                await quarantine_body(svc, source, "segment", body, error, received_at)
+            raise error from exc
     else:
         raws = [body]
         body_key = None if source else segment.write_key_in_body(body)
@@ -160,7 +182,9 @@ async def cloudevents_endpoint(request: Request) -> Response:
         else:
             raws = [body]
     except ValueError as exc:
-        raise ApiError(400, "invalid_json", str(exc)) from exc
+        error = ApiError(400, "invalid_json", str(exc))
+        await quarantine_body(svc, source, "cloudevents", body, error, received_at)
+        raise error from exc
     items = svc.cloudevents.translate(
         raws,
         workspace_id=source.workspace_id,

@@ -19,8 +19,10 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
+from worldflow.collect.http import quarantine_body
 from worldflow.log import LogError, LogOverloaded
 from worldflow.services import Services
+from worldflow.store.sql import SourceRef
 
 router = APIRouter()
 
@@ -54,16 +56,15 @@ async def stream(websocket: WebSocket) -> None:
                 return
             data = message.get("text")
             raw: bytes = data.encode() if data is not None else message.get("bytes") or b""
-            await websocket.send_bytes(
-                await _handle(svc, source.workspace_id, source.source_id, raw)
-            )
+            await websocket.send_bytes(await _handle(svc, source, raw))
     except WebSocketDisconnect:
         return
     finally:
         svc.metrics.ws_connections.dec()
 
 
-async def _handle(svc: Services, workspace_id: str, source_id: str, raw: bytes) -> bytes:
+async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
+    workspace_id, source_id = source.workspace_id, source.source_id
     received_at = datetime.now(UTC)
     frame_id: str | int | None = None
     reply: dict[str, Any]
@@ -74,7 +75,9 @@ async def _handle(svc: Services, workspace_id: str, source_id: str, raw: bytes) 
         try:
             frame = _frame_decoder.decode(raw)
         except msgspec.DecodeError as exc:
-            raise ApiError(400, "invalid_json", f"frame is not a JSON object: {exc}") from exc
+            error = ApiError(400, "invalid_json", f"frame is not a JSON object: {exc}")
+            await quarantine_body(svc, source, "stream", raw, error, received_at)
+            raise error from exc
         frame_id = frame.id
         if frame.batch is not None:
             raws: Sequence[msgspec.Raw | bytes] = frame.batch
