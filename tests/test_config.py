@@ -23,7 +23,7 @@ def test_layers_override_in_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_errors_name_the_setting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = tmp_path / "w.toml"
     config.write_text("prot = 1\n")
-    with pytest.raises(ConfigError, match="unknown setting.*prot"):
+    with pytest.raises(ConfigError, match=r"unknown setting.*prot"):
         load_settings(config)
     monkeypatch.setenv("WORLDFLOW_PORT", "eighty")
     with pytest.raises(ConfigError, match="port: expected int"):

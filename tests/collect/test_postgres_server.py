@@ -16,7 +16,8 @@ def test_server_on_postgresql(tmp_path: Path, pg_database: str) -> None:
     try:
         client = Client(server.write_key, host=server.url, gzip=True)
         for i in range(300):
-            client.track(f"u{i % 9}", "zone.entered", {"zone_id": f"z{i % 4}"}, message_id=f"pg-{i}")
+            client.track(f"u{i % 9}", "zone.entered", {"zone_id": f"z{i % 4}"},
+                         message_id=f"pg-{i}")  # fmt: skip
         client.track("u1", "zone.entered", {"zone_id": 5}, message_id="pg-bad")
         client.flush()
         client.shutdown()

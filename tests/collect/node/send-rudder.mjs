@@ -1,0 +1,135 @@
+// Sends Segment-spec calls to a Worldflow server with @rudderstack/rudder-sdk-node, unchanged.
+//
+//   node send-rudder.mjs <host> <writeKey> [--max-retries N] [--timeout-ms N] [--flush-at N]
+//                        [--gzip true|false]
+//
+// <host> and <writeKey> may also come from WF_HOST and WF_WRITE_KEY. The calls come from the
+// test as a JSON array on stdin, each {"method": "track", "params": {...}} where params are
+// what the library's method takes (messageId included, so the ids are fixed by the test);
+// without any (a terminal or empty stdin) one call of each type is sent, with ids rs-i, rs-t, ...
+//
+// The library gzips by default and then posts with Content-Type
+// application/x-www-form-urlencoded (axios's default for a Buffer). It flushes the first event
+// on its own, unawaited: without an errorHandler a final non-2xx answer is an unhandled
+// rejection that kills the process, so one is always given here.
+//
+// Prints one JSON line on stdout, last: {"library", "version", "calls", "delivered",
+// "errors": [...], "unfinished", "timedOut"}. Anything the library logs goes to stderr.
+import { createRequire } from 'node:module'
+
+console.log = console.info = (...args) => console.error(...args)
+
+const require = createRequire(import.meta.url)
+const Analytics = require('@rudderstack/rudder-sdk-node')
+const { version } = require('@rudderstack/rudder-sdk-node/package.json')
+
+const METHODS = ['track', 'identify', 'page', 'screen', 'group', 'alias']
+
+function parseArgs(argv) {
+  const positional = []
+  const opts = { maxRetries: 3, timeoutMs: 30000, flushAt: undefined, gzip: true }
+  for (let i = 0; i < argv.length; i++) {
+    const name = { '--max-retries': 'maxRetries', '--timeout-ms': 'timeoutMs',
+                   '--flush-at': 'flushAt', '--gzip': 'gzip' }[argv[i]]
+    if (name === 'gzip') opts.gzip = argv[++i] !== 'false'
+    else if (name) opts[name] = Number(argv[++i])
+    else if (argv[i].startsWith('--')) throw new Error(`unknown option ${argv[i]}`)
+    else positional.push(argv[i])
+  }
+  opts.host = positional[0] || process.env.WF_HOST
+  opts.writeKey = positional[1] || process.env.WF_WRITE_KEY
+  if (!opts.host || !opts.writeKey) {
+    throw new Error('usage: send-rudder.mjs <host> <writeKey> [options], or WF_HOST and WF_WRITE_KEY')
+  }
+  return opts
+}
+
+async function readCalls() {
+  // Not readFileSync(0): it fails with EAGAIN on a large piped stdin.
+  let text = ''
+  if (!process.stdin.isTTY) {
+    process.stdin.setEncoding('utf8')
+    for await (const chunk of process.stdin) text += chunk
+  }
+  if (!text.trim()) {
+    return [
+      { method: 'identify', params: { messageId: 'rs-i', userId: 'u1', traits: { plan: 'gold' } } },
+      { method: 'track', params: { messageId: 'rs-t', userId: 'u1', event: 'zone.entered',
+                                   properties: { zone_id: 'lobby' } } },
+      { method: 'page', params: { messageId: 'rs-p', userId: 'u1', category: 'docs', name: 'Intro' } },
+      { method: 'screen', params: { messageId: 'rs-s', userId: 'u1', name: 'Cart' } },
+      { method: 'group', params: { messageId: 'rs-g', userId: 'u1', groupId: 'team-1' } },
+      { method: 'alias', params: { messageId: 'rs-a', userId: 'u1', previousId: 'anon-1' } },
+    ]
+  }
+  return JSON.parse(text)
+}
+
+function describe(err) {
+  if (err === undefined || err === null) return null
+  if (typeof err !== 'object') return String(err)
+  let text = err instanceof Error ? `${err.name}: ${err.message}` : String(err)
+  if (err.response) {
+    text += ` status=${err.response.status} body=${JSON.stringify(err.response.data)}`
+  }
+  return text
+}
+
+async function main() {
+  const opts = parseArgs(process.argv.slice(2))
+  const calls = await readCalls()
+  const errors = []
+  let delivered = 0
+  let finished = 0
+
+  const analytics = new Analytics(opts.writeKey, {
+    dataPlaneUrl: opts.host,
+    logLevel: 'error',
+    gzip: opts.gzip,
+    retryCount: opts.maxRetries,
+    ...(opts.flushAt ? { flushAt: opts.flushAt } : {}),
+    errorHandler: (err) => errors.push(`errorHandler: ${describe(err)}`),
+  })
+
+  for (const { method, params } of calls) {
+    if (!METHODS.includes(method)) throw new Error(`unknown method ${method}`)
+    analytics[method](params, (err) => {
+      finished++
+      if (err) errors.push(`${method} ${params.messageId} callback: ${describe(err)}`)
+      else delivered++
+    })
+  }
+
+  // flush() sends at most flushAt messages and waits for the flush before it: repeat until the
+  // queue is empty and nothing is in flight, within the time limit.
+  let timedOut = false
+  const drain = (async () => {
+    while (analytics.queue.length > 0) await analytics.flush()
+    await analytics.flush() // queue empty: waits for the request in flight
+    // Callbacks run on setImmediate after each request settles.
+    while (finished < calls.length) await new Promise((resolve) => setTimeout(resolve, 10))
+  })()
+  let timer
+  await Promise.race([
+    drain,
+    new Promise((resolve) => {
+      timer = setTimeout(() => { timedOut = true; resolve() }, opts.timeoutMs)
+    }),
+  ])
+  clearTimeout(timer)
+
+  return { library: '@rudderstack/rudder-sdk-node', version, calls: calls.length, delivered,
+           errors, unfinished: calls.length - finished, timedOut }
+}
+
+main().then(
+  (summary) => {
+    process.stdout.write(`${JSON.stringify(summary)}\n`)
+    // No close() in this library: a stuck retry timer must not keep the process alive.
+    if (summary.timedOut) process.exit(2)
+  },
+  (err) => {
+    process.stdout.write(`${JSON.stringify({ library: '@rudderstack/rudder-sdk-node', fatal: describe(err) })}\n`)
+    process.exitCode = 1
+  },
+)
