@@ -24,8 +24,8 @@ import fcntl
 import logging
 import multiprocessing
 import os
-import queue
 import secrets
+import selectors
 import signal
 import socket
 import sqlite3
@@ -33,7 +33,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import msgspec
@@ -250,18 +250,47 @@ class WriterProcess:
 
 
 class _Inbox:
-    """Frames from every connected worker, in arrival order, for the commit loop."""
+    """Reads frames from every connected worker on one thread (a selector, no reader threads:
+    they would fight the commit loop for the interpreter lock)."""
 
-    def __init__(self) -> None:
-        self.queue: queue.SimpleQueue[tuple[socket.socket, Request]] = queue.SimpleQueue()
+    def __init__(self, listener: socket.socket, greeting: Callable[[], bytes]) -> None:
+        self.listener = listener
+        self.greeting = greeting
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(listener, selectors.EVENT_READ)
+        self.buffers: dict[socket.socket, bytearray] = {}
+        self.ready: deque[tuple[socket.socket, Request]] = deque()
         self.decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
 
-    def read_from(self, conn: socket.socket) -> None:
-        try:
-            while (body := _recv_frame(conn)) is not None:
-                self.queue.put((conn, self.decoder.decode(body)))
-        except OSError:
-            pass
+    def poll(self, timeout: float) -> None:
+        """Move every complete frame that has arrived into ``ready``."""
+        for key, _mask in self.selector.select(timeout):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            if sock is self.listener:
+                conn, _ = sock.accept()
+                conn.sendall(self.greeting())
+                self.buffers[conn] = bytearray()
+                self.selector.register(conn, selectors.EVENT_READ)
+                continue
+            try:
+                data = sock.recv(1 << 20)
+            except OSError:
+                data = b""
+            if not data:  # that worker is gone
+                self.selector.unregister(sock)
+                del self.buffers[sock]
+                sock.close()
+                continue
+            buffer = self.buffers[sock]
+            buffer += data
+            while len(buffer) >= HEADER.size:
+                size = HEADER.unpack_from(buffer)[0]
+                end = HEADER.size + size
+                if len(buffer) < end:
+                    break
+                self.ready.append((sock, self.decoder.decode(bytes(buffer[HEADER.size : end]))))
+                del buffer[:end]
 
 
 def serve(
@@ -298,30 +327,20 @@ def serve(
     ready.send(None)
     ready.close()
     encoder = msgspec.msgpack.Encoder()
-    inbox = _Inbox()
-
-    def accept() -> None:
-        while True:
-            conn, _ = listener.accept()
-            conn.sendall(frame(encoder.encode([0, [], writer.end_offset, None, 0.0, 0])))
-            threading.Thread(target=inbox.read_from, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True, name="accept").start()
+    inbox = _Inbox(
+        listener, lambda: frame(encoder.encode([0, [], writer.end_offset, None, 0.0, 0]))
+    )
     while True:
-        try:
-            first = inbox.queue.get(timeout=0.2)
-        except queue.Empty:
+        # Group commit: take everything that arrived while the last commit ran.
+        inbox.poll(0 if inbox.ready else 0.2)
+        if not inbox.ready:
             if stopping.is_set() or os.getppid() != parent_pid:
                 break  # stopped, or the server died: everything received is committed
             continue
-        # Group commit: everything that queued up while the last commit ran.
-        group = [first]
-        size = len(first[1][1]) + len(first[1][2])
-        while size < max_group_events:
-            try:
-                item = inbox.queue.get_nowait()
-            except queue.Empty:
-                break
+        group = []
+        size = 0
+        while inbox.ready and size < max_group_events:
+            item = inbox.ready.popleft()
             group.append(item)
             size += len(item[1][1]) + len(item[1][2])
         started = time.perf_counter()
