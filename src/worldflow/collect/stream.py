@@ -74,8 +74,8 @@ async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
                            f"frame exceeds {svc.settings.max_request_bytes} bytes")  # fmt: skip
         try:
             frame = _frame_decoder.decode(raw)
-        except msgspec.DecodeError as exc:
-            error = ApiError(400, "invalid_json", f"frame is not a JSON object: {exc}")
+        except (msgspec.DecodeError, RecursionError) as exc:
+            error = ApiError(400, "invalid_json", f"frame is not a usable JSON object: {exc}")
             await quarantine_body(svc, source, "stream", raw, error, received_at)
             raise error from exc
         frame_id = frame.id

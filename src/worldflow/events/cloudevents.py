@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 
 from worldflow.events.catalogue import Catalogue
-from worldflow.events.model import Event, FieldProblem, Rejected
+from worldflow.events.model import TOO_DEEP, Event, FieldProblem, Rejected, too_deep
 
 NAME_PREFIX = "io.worldflow."
 _CONTEXT_KEYS = {"source", "subject", "dataschema", "datacontenttype"}
@@ -38,10 +38,9 @@ def _time(value: Any, field: str, problems: list[FieldProblem]) -> datetime | No
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)
-        except ValueError:
-            pass
-        else:
             return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+        except (ValueError, OverflowError):
+            pass
     problems.append(FieldProblem(field, f"expected an RFC 3339 timestamp, got {value!r}"))
     return None
 
@@ -54,6 +53,8 @@ def split_batch(body: bytes) -> list[msgspec.Raw]:
         raise ValueError("a CloudEvents batch must be a JSON array of events") from exc
     except msgspec.DecodeError as exc:
         raise ValueError(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise ValueError(f"body: {TOO_DEEP}") from exc
     return items
 
 
@@ -71,6 +72,8 @@ def from_binary(headers: Mapping[str, str], body: bytes) -> bytes:
                 doc["data"] = _any.decode(body)
             except msgspec.DecodeError as exc:
                 raise ValueError(f"data: body is not valid JSON: {exc}") from exc
+            except RecursionError as exc:
+                raise ValueError(f"data: {TOO_DEEP}") from exc
         else:
             doc["data"] = body.decode("utf-8", "replace")
     return msgspec.json.encode(doc)
@@ -112,6 +115,14 @@ class CloudEventsTranslator:
         except msgspec.DecodeError as exc:
             problem = FieldProblem(where or "body", f"not valid JSON: {exc}")
             return Rejected(index, None, "invalid_json", (problem,), raw)
+        except RecursionError:
+            return Rejected(
+                index, None, "too_deep", (FieldProblem(where or "body", TOO_DEEP),), raw
+            )
+        if too_deep(raw, doc):
+            return Rejected(
+                index, None, "too_deep", (FieldProblem(where or "body", TOO_DEEP),), raw
+            )
         if not isinstance(doc, dict):
             problem = FieldProblem(where or "body", "a CloudEvent must be a JSON object")
             return Rejected(index, None, "invalid_event", (problem,), raw)

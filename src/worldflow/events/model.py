@@ -73,6 +73,29 @@ class Rejected:
         return "; ".join(f"{p.field}: {p.message}" for p in self.problems)
 
 
+# Deeper structures are refused: they serve no analytics purpose and can exhaust the stack of
+# whatever reads the event later.
+MAX_DEPTH = 32
+TOO_DEEP = f"nesting is deeper than {MAX_DEPTH} levels"
+
+
+def too_deep(raw: bytes, *values: Any) -> bool:
+    """Whether any value nests deeper than MAX_DEPTH (walked only when the raw JSON has that
+    many containers at all, which typical events do not)."""
+    if raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH:
+        return False
+    stack: list[tuple[Any, int]] = [(v, 1) for v in values]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_DEPTH:
+            return True
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 encoder = msgspec.json.Encoder()
 decoder = msgspec.json.Decoder(Event)
 

@@ -14,7 +14,14 @@ from typing import Any
 import msgspec
 
 from worldflow.events.catalogue import Catalogue
-from worldflow.events.model import CALL_TYPES, Event, FieldProblem, Rejected
+from worldflow.events.model import (
+    CALL_TYPES,
+    TOO_DEEP,
+    Event,
+    FieldProblem,
+    Rejected,
+    too_deep,
+)
 
 Id = str | int | float | None
 
@@ -99,6 +106,17 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.astimezone(UTC) if value.utcoffset() else value
 
 
+OUT_OF_RANGE = "timestamp falls outside the years 1 to 9999 once converted to UTC"
+
+
+def _converts(value: datetime | None) -> bool:
+    try:
+        _utc(value)
+    except OverflowError:
+        return False
+    return True
+
+
 def _id(value: Id) -> str | None:
     if type(value) is str:
         return value or None
@@ -120,14 +138,20 @@ def split_batch(
             problem = _path_of(exc, "")
             raise BodyError("invalid_batch", f"{problem.field}: {problem.message}") from exc
         raise BodyError("invalid_json", f"body is not valid JSON: {exc}") from exc
-    return batch.batch, _utc(batch.sent_at), batch.write_key, batch.context
+    except RecursionError as exc:
+        raise BodyError("too_deep", f"body: {TOO_DEEP}") from exc
+    try:
+        sent_at = _utc(batch.sent_at)
+    except OverflowError as exc:
+        raise BodyError("invalid_batch", f"sentAt: {OUT_OF_RANGE}") from exc
+    return batch.batch, sent_at, batch.write_key, batch.context
 
 
 def write_key_in_body(body: bytes) -> str | None:
     """The ``writeKey`` of a single call or a batch (analytics.js puts it in the body)."""
     try:
         doc = _any_decoder.decode(body)
-    except msgspec.DecodeError:
+    except (msgspec.DecodeError, RecursionError):
         return None
     if not isinstance(doc, dict):
         return None
@@ -197,6 +221,13 @@ class SegmentTranslator:
         except msgspec.DecodeError as exc:
             problem = FieldProblem(where or "body", f"not valid JSON: {exc}")
             return Rejected(index, None, "invalid_json", (problem,), raw)
+        except RecursionError:
+            return Rejected(
+                index, None, "too_deep", (FieldProblem(where or "body", TOO_DEEP),), raw
+            )
+        if too_deep(raw, msg.properties, msg.traits, msg.context, msg.integrations):
+            problem = FieldProblem(where or "body", TOO_DEEP)
+            return Rejected(index, _id(msg.message_id), "too_deep", (problem,), raw)
 
         call = forced_type or msg.type
         message_id = _id(msg.message_id)
@@ -237,11 +268,24 @@ class SegmentTranslator:
         elif call == "page" and msg.category is not None and "category" not in properties:
             properties = {**properties, "category": msg.category}
 
-        sent_at = _utc(msg.sent_at) or batch_sent_at
-        original = _utc(msg.original_timestamp)
-        explicit = _utc(msg.timestamp)
+        try:
+            sent_at = _utc(msg.sent_at) or batch_sent_at
+            original = _utc(msg.original_timestamp)
+            explicit = _utc(msg.timestamp)
+        except OverflowError:
+            stamps = {"sentAt": msg.sent_at, "timestamp": msg.timestamp,
+                      "originalTimestamp": msg.original_timestamp}  # fmt: skip
+            problems = tuple(
+                FieldProblem(f"{where}.{name}" if where else name, OUT_OF_RANGE)
+                for name, value in stamps.items()
+                if not _converts(value)
+            )
+            return Rejected(index, message_id, "invalid_field", problems, raw)
         if original is not None and sent_at is not None:
-            timestamp = received_at - (sent_at - original)
+            try:
+                timestamp = received_at - (sent_at - original)
+            except OverflowError:  # absurd skew: not worth trusting
+                timestamp = received_at
         else:
             timestamp = explicit or original or received_at
         if timestamp - received_at > self.max_future_skew:
