@@ -24,9 +24,12 @@ def run(workers: int, seconds: float, connections: int, rate: float) -> dict[str
     with worldflow_server(workers) as (port, pid):
         loadgen("batch", "--port", str(port), "--seconds", "2")
         wf = loadgen("batch", "--port", str(port), *batch)
+        rss = peak_rss_mib(pid)
+    # A fresh server, so the checkpoints of the batch run's writes do not colour the latencies.
+    with worldflow_server(workers) as (port, _pid):
+        loadgen("rate", "--port", str(port), "--seconds", "2", "--rate", str(rate))
         single = loadgen("rate", "--port", str(port), "--seconds", secs, "--rate", str(rate),
                          "--connections", "32")  # fmt: skip
-        rss = peak_rss_mib(pid)
     ratio = wf["events_per_s"] / base["events_per_s"]
     print(f"== {workers} worker process(es) ==")
     print(f"bare ASGI (read+discard): {base['events_per_s']:>10,.0f} events/s "

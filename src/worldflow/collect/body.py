@@ -50,13 +50,24 @@ async def read_body(request: Request, limit: int) -> bytes:
 
 
 def _inflate(body: bytes, wbits: int, limit: int) -> bytes:
-    inflater = zlib.decompressobj(wbits)
-    try:
-        out = inflater.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise ApiError(400, "invalid_encoding", f"body could not be decompressed: {exc}") from exc
-    if len(out) > limit or inflater.unconsumed_tail:
-        raise too_large("after decompression", limit)
-    if not inflater.eof:
-        raise ApiError(400, "invalid_encoding", "compressed body is truncated")
-    return out
+    """Decompress within ``limit``; gzip bodies may hold several members, one after another."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        inflater = zlib.decompressobj(wbits)
+        try:
+            out = inflater.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise ApiError(
+                400, "invalid_encoding", f"body could not be decompressed: {exc}"
+            ) from exc
+        size += len(out)
+        if size > limit or inflater.unconsumed_tail:
+            raise too_large("after decompression", limit)
+        if not inflater.eof:
+            raise ApiError(400, "invalid_encoding", "compressed body is truncated")
+        parts.append(out)
+        rest = inflater.unused_data
+        if not rest or wbits != 31:
+            return b"".join(parts)

@@ -108,6 +108,8 @@ async def _segment(request: Request, call: str | None) -> Response:
         raws = [body]
         body_key = None if source else segment.write_key_in_body(body)
     if source is None:
+        if call is None and body_key is None:  # some clients put it in each message instead
+            body_key = segment.write_key_in_body(body)
         source = await svc.auth.source(body_key or request.query_params.get("writeKey"))
     items = svc.segment.translate(
         raws,

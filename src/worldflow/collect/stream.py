@@ -45,6 +45,9 @@ async def stream(websocket: WebSocket) -> None:
         key = credential_from_header(websocket.headers.get("authorization"))
         source = await svc.auth.source(key or websocket.query_params.get("writeKey"))
     except ApiError as exc:
+        # Accept first: a close before the handshake becomes a bare HTTP 403 and the client
+        # would never learn why.
+        await websocket.accept()
         await websocket.close(code=_POLICY_VIOLATION, reason=f"{exc.code}: {exc.message}"[:120])
         return
     await websocket.accept()

@@ -108,6 +108,7 @@ class CloudEventsTranslator:
         received_at: datetime,
     ) -> Event | Rejected:
         def field(name: str) -> str:
+            name = name or '""'
             return f"{where}.{name}" if where else name
 
         try:

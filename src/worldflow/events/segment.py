@@ -147,6 +147,16 @@ def split_batch(
     return batch.batch, sent_at, batch.write_key, batch.context
 
 
+def _message_id_of(raw: bytes) -> str | None:
+    """The messageId of a message that failed to decode as one, when it has a usable one."""
+    try:
+        doc = _any_decoder.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        return None
+    value = doc.get("messageId") if isinstance(doc, dict) else None
+    return value if isinstance(value, str) and 0 < len(value) <= MAX_ID_CHARS else None
+
+
 def write_key_in_body(body: bytes) -> str | None:
     """The ``writeKey`` of a single call or a batch (analytics.js puts it in the body)."""
     try:
@@ -217,7 +227,8 @@ class SegmentTranslator:
         try:
             msg = _message_decoder.decode(raw)
         except msgspec.ValidationError as exc:
-            return Rejected(index, None, "invalid_field", (_path_of(exc, where),), raw)
+            problem = _path_of(exc, where)
+            return Rejected(index, _message_id_of(raw), "invalid_field", (problem,), raw)
         except msgspec.DecodeError as exc:
             problem = FieldProblem(where or "body", f"not valid JSON: {exc}")
             return Rejected(index, None, "invalid_json", (problem,), raw)
