@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -77,6 +78,34 @@ def worldflow_server(
             proc.wait(30)
 
 
+def server_latency_ms(port: int, route: str) -> dict[str, float]:
+    """p50/p99 of one route from the server's own latency histogram (linear within buckets)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    buckets: list[tuple[float, float]] = []
+    for line in text.splitlines():
+        if line.startswith("worldflow_http_request_duration_seconds_bucket") and (
+            f'route="{route}"' in line and 'status="200"' in line
+        ):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1]
+
+    def quantile(q: float) -> float:
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= q * total:
+                if bound == float("inf"):
+                    return lower_bound * 1000
+                share = (q * total - lower_count) / max(count - lower_count, 1)
+                return (lower_bound + share * (bound - lower_bound)) * 1000
+            lower_bound, lower_count = bound, count
+        return float("nan")
+
+    return {"p50_ms": quantile(0.5), "p99_ms": quantile(0.99), "count": total}
+
+
 @contextmanager
 def baseline_server(workers: int = 1) -> Iterator[tuple[int, int]]:
     port = free_port()
@@ -89,10 +118,17 @@ def baseline_server(workers: int = 1) -> Iterator[tuple[int, int]]:
         proc.wait(30)
 
 
+def _higher_priority() -> None:
+    """The load generator runs at a higher priority than the server (where allowed), so that
+    its own scheduling delays on a shared machine do not count as server latency."""
+    with contextlib.suppress(OSError):
+        os.nice(-5)
+
+
 def loadgen(*args: str) -> dict[str, float]:
     out = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", *args, "--write-key", WRITE_KEY],
-        check=True, capture_output=True, text=True,
+        check=True, capture_output=True, text=True, preexec_fn=_higher_priority,
     )  # fmt: skip
     result: dict[str, float] = json.loads(out.stdout)
     return result
