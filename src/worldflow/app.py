@@ -68,8 +68,8 @@ class LatencyMiddleware:
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
-    """Build the application; ``services`` are opened on startup unless given (tests)."""
-    metrics_registry = services.metrics if services else Metrics()
+    """Build the application; ``services`` are opened at startup unless given."""
+    metrics = services.metrics if services else Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,7 +77,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         if svc is None:
             if not settings.log_writer_address:  # not a worker of a supervising server
                 await run_in_threadpool(prepare, settings)
-            svc = await run_in_threadpool(Services.open, settings, metrics_registry)
+            svc = await run_in_threadpool(Services.open, settings, metrics)
         app.state.services = svc
         await svc.start()
         # Ingestion allocates many short-lived objects per request; with the default gen-0
@@ -155,7 +155,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         return JSONResponse({"status": "ready", "log_end_offset": svc.log.end_offset()})
 
     @app.get("/metrics", tags=["operations"], include_in_schema=True)
-    async def metrics(request: Request) -> Response:
+    async def prometheus_metrics(request: Request) -> Response:
         """Prometheus metrics."""
         svc: Services = request.app.state.services
         svc.metrics.log_pending.set(svc.log.pending_events)
@@ -181,7 +181,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         expose_headers=["Retry-After"],
         max_age=86400,
     )
-    app.add_middleware(LatencyMiddleware, metrics=metrics_registry)
+    app.add_middleware(LatencyMiddleware, metrics=metrics)
     return app
 
 

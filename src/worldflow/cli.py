@@ -127,13 +127,9 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
 
     from uvicorn.supervisors import Multiprocess
 
-    from worldflow.log.writer import WriterProcess
-    from worldflow.services import settings_env
+    from worldflow.services import settings_env, writer_process
 
-    writer = WriterProcess(
-        settings.store_url, settings.max_commit_events, int(settings.dedupe_window_s * 1000),
-        settings.dedupe_max_keys,
-    )  # fmt: skip
+    writer = writer_process(settings)
     writer.start()
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)

@@ -40,6 +40,16 @@ def prepare(settings: Settings) -> Bootstrap:
         store.close()
 
 
+def writer_process(settings: Settings) -> WriterProcess:
+    """The log writer process these settings describe (not yet started)."""
+    return WriterProcess(
+        settings.store_url,
+        settings.max_commit_events,
+        int(settings.dedupe_window_s * 1000),
+        settings.dedupe_max_keys,
+    )
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as WORLDFLOW_* variables, so worker processes load exactly these."""
     return {
@@ -72,12 +82,7 @@ class Services:
         writer = None
         address = settings.log_writer_address
         if not address:
-            writer = WriterProcess(
-                settings.store_url,
-                settings.max_commit_events,
-                int(settings.dedupe_window_s * 1000),
-                settings.dedupe_max_keys,
-            )
+            writer = writer_process(settings)
             address = writer.address
         log = SqlEventLog(
             store.engine,
