@@ -14,11 +14,9 @@ import json
 import mimetypes
 import re
 import shutil
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import pytest
 
 from tests.collect.test_node_clients import ensure_node_modules
 from tests.conftest import ServerProcess, need
+from tests.httpd import LocalServer, QuietHandler
 
 pytestmark = pytest.mark.browser
 
@@ -127,14 +126,14 @@ HIDE_JS = """
 """
 
 
-class StaticSite:
+class StaticSite(LocalServer):
     """The test page and the analytics-next UMD files, on a port of their own."""
 
     def __init__(self, bundles: Path) -> None:
         pages = {"/page.html": PAGE.encode(), "/away.html": AWAY.encode()}
         prefix = "/cdn/analytics-next/bundles/"
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:
                 path = self.path.split("?", 1)[0]
                 body: bytes | None = pages.get(path)
@@ -154,25 +153,11 @@ class StaticSite:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        super().__init__(Handler)
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> StaticSite:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
+        return self.url
 
 
 @pytest.fixture(scope="session")

@@ -14,10 +14,8 @@ import os
 import re
 import shutil
 import subprocess
-import threading
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +23,7 @@ import httpx
 import pytest
 
 from tests.conftest import ServerProcess, need, node_available
+from tests.httpd import LocalServer, QuietHandler
 
 pytestmark = pytest.mark.node
 
@@ -78,7 +77,7 @@ def node_modules() -> Path:
     return ensure_node_modules()
 
 
-class RecordingProxy:
+class RecordingProxy(LocalServer):
     """Forwards every request to the server and remembers method, path, headers and status."""
 
     def __init__(self, upstream: str) -> None:
@@ -86,7 +85,7 @@ class RecordingProxy:
         self.requests: list[dict[str, Any]] = []
         proxy = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             protocol_version = "HTTP/1.1"
 
             def do_POST(self) -> None:
@@ -109,25 +108,7 @@ class RecordingProxy:
                 self.end_headers()
                 self.wfile.write(answer.content)
 
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}"
-
-    def __enter__(self) -> RecordingProxy:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(10)
+        super().__init__(Handler)
 
 
 @pytest.fixture
