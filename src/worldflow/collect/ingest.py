@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from worldflow.events.model import Event, Rejected, encode_event
+from worldflow.events.model import Event, Rejected, encoder
 from worldflow.log import EventLog, LogRecord, QuarantineRecord
 from worldflow.metrics import Metrics
 
@@ -34,6 +34,9 @@ class IngestResult:
             }
             for r in self.rejected
         ]
+
+
+encode = encoder.encode
 
 
 def partition_of(key: str, partitions: int) -> int:
@@ -61,18 +64,14 @@ class Ingestor:
         result = IngestResult()
         partitions = self.partitions
         for item in items:
-            if isinstance(item, Event):
+            if type(item) is Event:
                 events.append(item)
+                partition = partition_of(item.identity_key, partitions) if partitions > 1 else 0
                 records.append(
-                    LogRecord(
-                        workspace_id,
-                        item.message_id,
-                        partition_of(item.identity_key, partitions),
-                        received_ms,
-                        encode_event(item),
-                    )
+                    LogRecord(workspace_id, item.message_id, partition, received_ms, encode(item))
                 )
             else:
+                assert isinstance(item, Rejected)
                 result.rejected.append(item)
         quarantined = [
             QuarantineRecord(

@@ -279,10 +279,17 @@ class SegmentTranslator:
         elif call == "page" and msg.category is not None and "category" not in properties:
             properties = {**properties, "category": msg.category}
 
+        sent_at, original, explicit = msg.sent_at, msg.original_timestamp, msg.timestamp
         try:
-            sent_at = _utc(msg.sent_at) or batch_sent_at
-            original = _utc(msg.original_timestamp)
-            explicit = _utc(msg.timestamp)
+            # Most clients send UTC already: convert only what is not.
+            if sent_at is None:
+                sent_at = batch_sent_at
+            elif sent_at.tzinfo is not UTC:
+                sent_at = _utc(sent_at)
+            if original is not None and original.tzinfo is not UTC:
+                original = _utc(original)
+            if explicit is not None and explicit.tzinfo is not UTC:
+                explicit = _utc(explicit)
         except OverflowError:
             stamps = {"sentAt": msg.sent_at, "timestamp": msg.timestamp,
                       "originalTimestamp": msg.original_timestamp}  # fmt: skip
@@ -354,9 +361,13 @@ def _plausible(
         ok = group_id is not None and (user_id is not None or anonymous_id is not None)
     else:
         ok = call in CALL_TYPES and (user_id is not None or anonymous_id is not None)
-    return ok and all(
-        v is None or len(v) <= MAX_ID_CHARS
-        for v in (message_id, user_id, anonymous_id, previous_id, group_id)
+    return (
+        ok
+        and len(message_id or "") <= MAX_ID_CHARS
+        and len(user_id or "") <= MAX_ID_CHARS
+        and len(anonymous_id or "") <= MAX_ID_CHARS
+        and len(previous_id or "") <= MAX_ID_CHARS
+        and len(group_id or "") <= MAX_ID_CHARS
     )
 
 
