@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import ingest
+from bench import ingest, translate
 
 if __name__ == "__main__":
-    sys.argv = [sys.argv[0], *sys.argv[1:]]
+    argv = sys.argv
+    sys.argv = [argv[0]]
+    translate.main()
+    sys.argv = [argv[0], *argv[1:]]
     ingest.main()
