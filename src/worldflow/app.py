@@ -152,6 +152,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         svc: Services | None = getattr(request.app.state, "services", None)
         if svc is None or not svc.ready:
             return error_response(503, "not_ready", "starting or shutting down")
+        if not svc.log.running:
+            return error_response(503, "not_ready", "the log writer is not reachable")
         return JSONResponse({"status": "ready", "log_end_offset": svc.log.end_offset()})
 
     @app.get("/metrics", tags=["operations"], include_in_schema=True)
