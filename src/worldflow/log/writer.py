@@ -178,24 +178,6 @@ class LogWriter:
         return duplicates
 
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    chunks = []
-    while size:
-        chunk = sock.recv(min(size, 1 << 20))
-        if not chunk:
-            return None
-        chunks.append(chunk)
-        size -= len(chunk)
-    return b"".join(chunks)
-
-
-def _recv_frame(sock: socket.socket) -> bytes | None:
-    head = _recv_exact(sock, HEADER.size)
-    if head is None:
-        return None
-    return _recv_exact(sock, HEADER.unpack(head)[0])
-
-
 def sockaddr(address: str) -> str:
     """``@name`` is a Linux abstract-namespace socket (no file to clean up); else a path."""
     return "\0" + address[1:] if address.startswith("@") else address
@@ -260,7 +242,7 @@ class _Inbox:
         self.selector.register(listener, selectors.EVENT_READ)
         self.buffers: dict[socket.socket, bytearray] = {}
         self.ready: deque[tuple[socket.socket, Request]] = deque()
-        self.decoder = msgspec.msgpack.Decoder(tuple[int, list[list[Any]], list[list[Any]]])
+        self.decoder = msgspec.msgpack.Decoder(Request)
 
     def poll(self, timeout: float) -> None:
         """Move every complete frame that has arrived into ``ready``."""
