@@ -3,7 +3,8 @@
 The catalogue is data (``catalogue.yaml`` beside this module). Loading it compiles every
 event's fields into small check closures once, so :meth:`Catalogue.validate` on the ingest
 hot path only runs those closures: a fast pass answers "valid?" and, only when the answer is
-no, a second pass walks the same compiled tree to say where and why.
+no, a second pass walks the same compiled tree to say where and why. Where msgspec can express
+an event's rules exactly, a generated Struct type answers "valid" first, in C.
 
 Validation checks the types of known fields and the presence of required ones. Unknown
 properties are allowed and kept; a property that is null counts as absent. Names that are not
@@ -15,16 +16,19 @@ in the catalogue are custom events: they validate clean and get tier 1.
 from __future__ import annotations
 
 import functools
+import keyword
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from enum import IntEnum
 from importlib import resources
-from typing import Any, Final, NoReturn
+from typing import Annotated, Any, Final, Literal, NoReturn
 
+import msgspec
 import yaml
 
 __all__ = [
@@ -395,11 +399,72 @@ def _compile(spec: FieldSpec) -> _Node:
     return _compile_scalar(spec)
 
 
+_FAST_SCALARS: Final[Mapping[str, Any]] = {
+    "string": str,
+    "integer": int,  # msgspec refuses booleans and floats for int, as _is_int does
+    "boolean": bool,
+}
+_FINITE = {"ge": -sys.float_info.max, "le": sys.float_info.max}  # refuses inf and NaN
+
+
+def _fast_type(spec: FieldSpec, name: str) -> Any:
+    """A msgspec type accepting no more than the compiled checks of ``spec`` do, or None when
+    the field's rules (timestamps, decimals, maps) have no exact msgspec equivalent."""
+    if spec.fields is not None:
+        return _fast_struct(spec.fields, name)
+    if spec.type == "enum":
+        return Literal[tuple(spec.choices)]
+    if spec.items is not None:
+        item = _fast_type(spec.items, name)
+        return None if item is None else list[item]  # type: ignore[valid-type]
+    if spec.values is not None:
+        return None
+    constraints: dict[str, Any] = {}
+    if spec.type == "number":
+        base: Any = float  # ints are accepted as floats
+        constraints.update(_FINITE)
+    elif spec.type in _FAST_SCALARS:
+        base = _FAST_SCALARS[spec.type]
+    else:
+        return None
+    if spec.pattern is not None:
+        constraints["pattern"] = rf"^(?:{spec.pattern})\Z"  # search → fullmatch
+    if spec.minimum is not None:
+        constraints["ge"] = max(spec.minimum, constraints.get("ge", spec.minimum))
+    if spec.maximum is not None:
+        constraints["le"] = min(spec.maximum, constraints.get("le", spec.maximum))
+    return Annotated[base, msgspec.Meta(**constraints)] if constraints else base
+
+
+def _fast_struct(fields: Mapping[str, FieldSpec], name: str) -> Any:
+    members: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for field_name, spec in fields.items():
+        if not field_name.isidentifier() or keyword.iskeyword(field_name):
+            return None
+        kind = _fast_type(spec, f"{name}_{field_name}")
+        if kind is None:
+            return None
+        # Null counts as absent: optional members take None, required ones do not.
+        members.append((field_name, kind) if spec.required else (field_name, kind | None, None))
+    return msgspec.defstruct(name, members, kw_only=True)
+
+
 def _compile_event(fields: Mapping[str, FieldSpec]) -> _Validate:
     node = _compile_object(fields, "object")
     ok, explain = node.ok, node.explain
+    fast = _fast_struct(fields, "Properties")
+    convert, invalid = msgspec.convert, msgspec.ValidationError
 
     def validate(properties: Mapping[str, Any]) -> list[FieldError]:
+        # msgspec checks in C what it can express exactly; anything it refuses goes through
+        # the compiled checks, which also explain.
+        if fast is not None:
+            try:
+                convert(properties, fast)
+            except invalid:
+                pass
+            else:
+                return []
         if ok(properties):
             return []
         errors: list[FieldError] = []
