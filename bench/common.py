@@ -57,6 +57,20 @@ def peak_rss_mib(pid: int) -> float:
 
 
 @contextmanager
+def _running(command: list[str], port: int, env: dict[str, str] | None = None) -> Iterator[int]:
+    """Run a server command until the block ends; yields its pid once /readyz answers."""
+    proc = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )  # fmt: skip
+    try:
+        wait_ready(port, proc)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+@contextmanager
 def worldflow_server(
     workers: int = 1, extra_env: dict[str, str] | None = None
 ) -> Iterator[tuple[int, int]]:
@@ -65,17 +79,10 @@ def worldflow_server(
     with tempfile.TemporaryDirectory(prefix="wf-bench-") as data:
         env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
                "WORLDFLOW_LOG_LEVEL": "warning", **(extra_env or {})}  # fmt: skip
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "worldflow", "serve", "--data-dir", data, "--port", str(port),
-             "--workers", str(workers)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        try:
-            wait_ready(port, proc)
-            yield port, proc.pid
-        finally:
-            proc.terminate()
-            proc.wait(30)
+        command = [sys.executable, "-m", "worldflow", "serve", "--data-dir", data,
+                   "--port", str(port), "--workers", str(workers)]  # fmt: skip
+        with _running(command, port, env) as pid:
+            yield port, pid
 
 
 def server_latency_ms(port: int, route: str) -> dict[str, float]:
@@ -109,13 +116,9 @@ def server_latency_ms(port: int, route: str) -> dict[str, float]:
 @contextmanager
 def baseline_server(workers: int = 1) -> Iterator[tuple[int, int]]:
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "bench.baseline_asgi", str(port), str(workers)])
-    try:
-        wait_ready(port, proc)
-        yield port, proc.pid
-    finally:
-        proc.terminate()
-        proc.wait(30)
+    command = [sys.executable, "-m", "bench.baseline_asgi", str(port), str(workers)]
+    with _running(command, port) as pid:
+        yield port, pid
 
 
 def _higher_priority() -> None:

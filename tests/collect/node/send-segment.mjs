@@ -11,52 +11,13 @@
 // "errors": [...], "unfinished"}. Anything the library logs goes to stderr.
 import { createRequire } from 'node:module'
 
+import { METHODS, parseArgs, readCalls } from './driver.mjs'
+
 console.log = console.info = (...args) => console.error(...args)
 
 const require = createRequire(import.meta.url)
 const { Analytics } = require('@segment/analytics-node')
 const { version } = require('@segment/analytics-node/package.json')
-
-const METHODS = ['track', 'identify', 'page', 'screen', 'group', 'alias']
-
-function parseArgs(argv) {
-  const positional = []
-  const opts = { maxRetries: 3, timeoutMs: 30000, flushAt: undefined }
-  for (let i = 0; i < argv.length; i++) {
-    const name = { '--max-retries': 'maxRetries', '--timeout-ms': 'timeoutMs',
-                   '--flush-at': 'flushAt' }[argv[i]]
-    if (name) opts[name] = Number(argv[++i])
-    else if (argv[i].startsWith('--')) throw new Error(`unknown option ${argv[i]}`)
-    else positional.push(argv[i])
-  }
-  opts.host = positional[0] || process.env.WF_HOST
-  opts.writeKey = positional[1] || process.env.WF_WRITE_KEY
-  if (!opts.host || !opts.writeKey) {
-    throw new Error('usage: send-segment.mjs <host> <writeKey> [options], or WF_HOST and WF_WRITE_KEY')
-  }
-  return opts
-}
-
-async function readCalls() {
-  // Not readFileSync(0): it fails with EAGAIN on a large piped stdin.
-  let text = ''
-  if (!process.stdin.isTTY) {
-    process.stdin.setEncoding('utf8')
-    for await (const chunk of process.stdin) text += chunk
-  }
-  if (!text.trim()) {
-    return [
-      { method: 'identify', params: { messageId: 'seg-i', userId: 'u1', traits: { plan: 'gold' } } },
-      { method: 'track', params: { messageId: 'seg-t', userId: 'u1', event: 'zone.entered',
-                                   properties: { zone_id: 'lobby' } } },
-      { method: 'page', params: { messageId: 'seg-p', userId: 'u1', category: 'docs', name: 'Intro' } },
-      { method: 'screen', params: { messageId: 'seg-s', userId: 'u1', name: 'Cart' } },
-      { method: 'group', params: { messageId: 'seg-g', userId: 'u1', groupId: 'team-1' } },
-      { method: 'alias', params: { messageId: 'seg-a', userId: 'u1', previousId: 'anon-1' } },
-    ]
-  }
-  return JSON.parse(text)
-}
 
 function describe(err) {
   if (err === undefined || err === null) return null
@@ -67,8 +28,8 @@ function describe(err) {
 }
 
 async function main() {
-  const opts = parseArgs(process.argv.slice(2))
-  const calls = await readCalls()
+  const opts = parseArgs('send-segment.mjs', process.argv.slice(2))
+  const calls = await readCalls('seg')
   const errors = []
   let delivered = 0
   let finished = 0
