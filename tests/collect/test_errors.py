@@ -16,6 +16,7 @@ import uuid
 import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -1037,3 +1038,17 @@ def test_stream_oversize_frame(small: ServerProcess) -> None:
         assert "4096" in reply["error"]["message"]
         message_id = uid("small")
         assert exchange(ws, {"id": 2, "batch": [track(message_id)]})["accepted"] == [message_id]
+
+
+def test_stream_batch_sent_at_corrects_clock_skew(srv: ServerProcess) -> None:
+    """A frame is read like a Segment batch: its sentAt corrects the device's clock."""
+    message_id = uid("skew")
+    message = track(message_id, originalTimestamp="2020-01-01T00:00:00Z")
+    with stream(srv) as ws:
+        reply = exchange(ws, {"id": "s", "batch": [message], "sentAt": "2020-01-01T00:00:10Z"})
+    assert reply["accepted"] == [message_id], reply
+    event = logged(srv)[message_id]
+    received = datetime.fromisoformat(event["received_at"])
+    corrected = datetime.fromisoformat(event["timestamp"])
+    assert timedelta(seconds=9) <= received - corrected <= timedelta(seconds=11)
+    assert event["sent_at"].startswith("2020-01-01T00:00:10")

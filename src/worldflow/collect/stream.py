@@ -20,6 +20,7 @@ from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
 from worldflow.collect.http import quarantine_body
+from worldflow.events import segment
 from worldflow.log import LogError, LogOverloaded
 from worldflow.services import Services
 from worldflow.store.sql import SourceRef
@@ -32,7 +33,6 @@ _POLICY_VIOLATION = 1008
 class _Frame(msgspec.Struct):
     batch: list[msgspec.Raw] | None = None
     id: str | int | None = None
-    sentAt: str | None = None
 
 
 _frame_decoder = msgspec.json.Decoder(_Frame)
@@ -82,14 +82,19 @@ async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
             await quarantine_body(svc, source, "stream", raw, error, received_at)
             raise error from exc
         frame_id = frame.id
-        if frame.batch is not None:
-            raws: Sequence[msgspec.Raw | bytes] = frame.batch
+        raws: Sequence[msgspec.Raw | bytes] = [raw]
+        prefix, sent_at, batch_context = "", None, None
+        if frame.batch is not None:  # read like POST /v1/batch: sentAt and context included
+            try:
+                raws, sent_at, _key, batch_context = segment.split_batch(raw)
+            except segment.BodyError as exc:
+                error = ApiError(400, exc.code, str(exc))
+                await quarantine_body(svc, source, "stream", raw, error, received_at)
+                raise error from exc
             prefix = "batch"
-        else:
-            raws, prefix = [raw], ""
         items = svc.segment.translate(
             raws, workspace_id=workspace_id, source_id=source_id, received_at=received_at,
-            prefix=prefix, channel="stream",
+            sent_at=sent_at, batch_context=batch_context, prefix=prefix, channel="stream",
         )  # fmt: skip
         result = await svc.ingestor.ingest(
             items, workspace_id=workspace_id, source_id=source_id, channel="stream",
