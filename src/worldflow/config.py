@@ -90,7 +90,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     """Build settings from the layers; ``overrides`` (CLI flags) that are None are ignored."""
     settings = Settings()
     known = {f.name: getattr(settings, f.name) for f in fields(Settings)}
-    layers: list[tuple[str, dict[str, Any]]] = []
+    layers: list[dict[str, Any]] = []
 
     path = config_file or (
         Path(os.environ[f"{_ENV_PREFIX}CONFIG"]) if os.environ.get(f"{_ENV_PREFIX}CONFIG") else None
@@ -108,17 +108,17 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         unknown = sorted(set(data) - set(known))
         if unknown:
             raise ConfigError(f"config: unknown setting(s) {', '.join(unknown)} in {path}")
-        layers.append((f"{path}", data))
+        layers.append(data)
 
     env = {
         name: os.environ[_ENV_PREFIX + name.upper()]
         for name in known
         if os.environ.get(_ENV_PREFIX + name.upper())
     }
-    layers.append(("environment", env))
-    layers.append(("command line", {k: v for k, v in overrides.items() if v is not None}))
+    layers.append(env)
+    layers.append({k: v for k, v in overrides.items() if v is not None})
 
-    for _origin, layer in layers:
+    for layer in layers:
         values = {k: _coerce(k, v, known[k]) for k, v in layer.items() if k in known}
         settings = replace(settings, **values)
     if not 0 < settings.port < 65536:
