@@ -127,10 +127,13 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
 
     from uvicorn.supervisors import Multiprocess
 
-    from worldflow.services import settings_env, writer_process
+    from worldflow.services import processor_process, settings_env, writer_process
 
     writer = writer_process(settings)
     writer.start()
+    processor = processor_process(settings, writer.address)
+    if processor is not None:
+        processor.start()
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -142,6 +145,8 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
     try:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
+        if processor is not None:
+            processor.stop()
         writer.stop()  # after the workers: it commits what they sent, then exits
 
 
@@ -155,6 +160,61 @@ def migrate(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreO
     sql.migrate()
     sql.close()
     console.print("schema is up to date")
+
+
+@app.command()
+def process(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    partitions: Annotated[
+        str, typer.Option(help="Comma-separated partitions this processor owns")
+    ] = "0",
+) -> None:
+    """Run a processor on its own (serve with processor = false), for the given partitions."""
+    import signal
+    import threading
+
+    from worldflow.processing import PartitionBusyError, run
+
+    settings = _settings(config, data_dir=data_dir, store=store)
+    logging.basicConfig(level=settings.log_level.upper())
+    owned = [int(p) for p in partitions.split(",") if p.strip()]
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    console.print(f"processing partitions {owned} of {settings.store_url.split('@')[-1]}")
+    try:
+        run(settings.store_url, owned, None, stop)
+    except PartitionBusyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from exc
+
+
+@app.command()
+def replay(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreOpt = None) -> None:
+    """Rebuild profiles, identities and every derived state from the whole event log.
+
+    Stop the server first: replay needs to own the partitions the server's processor owns.
+    """
+    from rich.progress import Progress
+
+    from worldflow.processing import PartitionBusyError
+    from worldflow.processing import replay as replay_log
+
+    settings = _settings(config, data_dir=data_dir, store=store)
+    with Progress(console=console) as progress:
+        task = progress.add_task("replaying the log", total=None)
+
+        def show(offset: int, end: int) -> None:
+            progress.update(task, completed=offset, total=end)
+
+        try:
+            counters = replay_log(settings.store_url, on_progress=show)
+        except PartitionBusyError as exc:
+            console.print(f"[red]error:[/red] {exc} (stop the server first)")
+            raise typer.Exit(1) from exc
+    console.print(", ".join(f"{k} {v}" for k, v in sorted(counters.items())))
 
 
 @app.command()

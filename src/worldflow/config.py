@@ -49,6 +49,9 @@ class Settings:
     log_level: str = "info"
     # Ingest worker processes (SO_REUSEPORT), all appending through one log writer process.
     workers: int = 1
+    # Run the processor (log → profiles) inside `worldflow serve`; turn off when processors
+    # run on their own (`worldflow process`).
+    processor: bool = True
     # Set by `worldflow serve` for its workers: where the log writer listens. Not a user setting.
     log_writer_address: str = ""
 

@@ -18,6 +18,8 @@ from worldflow.events.segment import SegmentTranslator
 from worldflow.log.sql import SqlEventLog
 from worldflow.log.writer import WriterProcess
 from worldflow.metrics import Metrics
+from worldflow.processing import ProcessorProcess
+from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.sql import Bootstrap, SqlStore
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,13 @@ def writer_process(settings: Settings) -> WriterProcess:
     )
 
 
+def processor_process(settings: Settings, writer_address: str) -> ProcessorProcess | None:
+    """The embedded processor (one partition), unless processors run on their own."""
+    if not settings.processor:
+        return None
+    return ProcessorProcess(settings.store_url, (0,), writer_address)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as WORLDFLOW_* variables, so worker processes load exactly these."""
     return {
@@ -69,7 +78,9 @@ class Services:
     ingestor: Ingestor
     segment: SegmentTranslator
     cloudevents: CloudEventsTranslator
+    profiles: SqlProfileStore
     writer: WriterProcess | None = None  # owned by this process when it is the only worker
+    processor: ProcessorProcess | None = None  # likewise
     ready: bool = False
 
     @classmethod
@@ -103,19 +114,25 @@ class Services:
                 catalogue, settings.max_message_bytes, settings.max_future_skew_s
             ),
             cloudevents=CloudEventsTranslator(catalogue),
+            profiles=SqlProfileStore(store.engine),
             writer=writer,
+            processor=processor_process(settings, address) if writer is not None else None,
         )
 
     async def start(self) -> None:
         if self.writer is not None:
             await run_in_threadpool(self.writer.start)
         await self.log.start()
+        if self.processor is not None:
+            await run_in_threadpool(self.processor.start)
         self.ready = True
 
     async def close(self) -> None:
         """Let the log writer commit what it holds, then release the store."""
         self.ready = False
         await self.log.close()
+        if self.processor is not None:  # before the writer: it may be appending a clock tick
+            await run_in_threadpool(self.processor.stop)
         if self.writer is not None:
             await run_in_threadpool(self.writer.stop)
         self.store.close()

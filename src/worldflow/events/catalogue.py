@@ -80,6 +80,7 @@ class FieldSpec:
     required: bool = False
     pii: bool = False
     pseudonymous: bool = False
+    sensitive: bool = False  # dropped when the consent a raised tier needs is missing
     description: str = ""
     choices: tuple[str, ...] = ()  # enum values
     items: FieldSpec | None = None  # list element
@@ -101,11 +102,14 @@ class TypeSpec:
 
 @dataclass(frozen=True, slots=True)
 class TierRule:
-    """Raise an event's tier to ``tier`` when top-level ``field`` holds one of ``values``."""
+    """Raise an event's tier to ``tier`` when top-level ``field`` holds one of ``values``; such an
+    occurrence needs the visitor's consent to ``consent`` (a purpose) to keep its sensitive
+    fields."""
 
     field: str
     values: frozenset[str | int | float | bool]
     tier: int
+    consent: str | None = None
 
     def matches(self, properties: Mapping[str, Any]) -> bool:
         value = properties.get(self.field)
@@ -139,6 +143,18 @@ class EventSpec:
     def personal_fields(self) -> tuple[str, ...]:
         """Top-level fields marked ``pii`` or ``pseudonymous``."""
         return tuple(n for n, f in self.fields.items() if f.pii or f.pseudonymous)
+
+    @property
+    def sensitive_fields(self) -> tuple[str, ...]:
+        """Top-level fields dropped from an occurrence whose consent is missing."""
+        return tuple(n for n, f in self.fields.items() if f.sensitive)
+
+    def consent_for(self, properties: Mapping[str, Any]) -> str | None:
+        """The consent purpose this occurrence needs, if a matching rule names one."""
+        for rule in self.tier_rules:
+            if rule.consent and rule.matches(properties):
+                return rule.consent
+        return None
 
 
 # --- Compiled checks -----------------------------------------------------------------------
@@ -587,8 +603,10 @@ _IDENT_RE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _TOP_KEYS: Final = frozenset({"version", "groups", "types", "events"})
 _EVENT_KEYS: Final = frozenset({"group", "version", "tier", "tier_when", "description", "fields"})
 _TYPE_KEYS: Final = frozenset({"description", "fields"})
-_RULE_KEYS: Final = frozenset({"field", "equals", "in", "tier"})
-_FIELD_KEYS: Final = frozenset({"type", "required", "pii", "pseudonymous", "description"})
+_RULE_KEYS: Final = frozenset({"field", "equals", "in", "tier", "consent"})
+_FIELD_KEYS: Final = frozenset(
+    {"type", "required", "pii", "pseudonymous", "sensitive", "description"}
+)
 _FIELD_EXTRA_KEYS: Final[Mapping[str, frozenset[str]]] = {
     "string": frozenset({"pattern"}),
     "integer": frozenset({"minimum", "maximum"}),
@@ -709,6 +727,7 @@ class _FieldParser:
             "required": _flag(data, "required", path),
             "pii": _flag(data, "pii", path),
             "pseudonymous": _flag(data, "pseudonymous", path),
+            "sensitive": _flag(data, "sensitive", path),
             "description": _text(data, "description", path),
         }
         if is_named:
@@ -783,7 +802,10 @@ def _tier_rules(
         tier = _int_in(rule, "tier", rule_path, Tier.TECHNICAL, Tier.BIOMETRIC)
         if tier <= base:
             _fail(_join(rule_path, "tier"), f"a rule can only raise the tier above {base}")
-        rules.append(TierRule(str(field_name), frozenset(values), Tier(tier)))
+        consent = rule.get("consent")
+        if consent is not None and not isinstance(consent, str):
+            _fail(_join(rule_path, "consent"), f"expected a purpose name, got {_describe(consent)}")
+        rules.append(TierRule(str(field_name), frozenset(values), Tier(tier), consent))
     return tuple(rules)
 
 
@@ -1083,7 +1105,12 @@ def _md_type(spec: FieldSpec) -> str:
 
 
 def _md_marks(spec: FieldSpec) -> str:
-    marks = (("required", spec.required), ("PII", spec.pii), ("pseudonymous", spec.pseudonymous))
+    marks = (
+        ("required", spec.required),
+        ("PII", spec.pii),
+        ("pseudonymous", spec.pseudonymous),
+        ("sensitive", spec.sensitive),
+    )
     return ", ".join(mark for mark, on in marks if on)
 
 
@@ -1098,7 +1125,8 @@ def _md_tier(spec: EventSpec) -> str:
     text = f"p{spec.tier}"
     for rule in spec.tier_rules:
         shown = " or ".join(sorted(str(v) for v in rule.values))
-        text += f" (p{rule.tier} when {rule.field} = {shown})"
+        needs = f", needs {rule.consent} consent" if rule.consent else ""
+        text += f" (p{rule.tier} when {rule.field} = {shown}{needs})"
     return text
 
 

@@ -157,18 +157,29 @@ class SqlEventLog:
         partition: int | None = None,
         workspace_id: str | None = None,
     ) -> list[LogEntry]:
-        query = (
-            sa.select(
-                event_log.c.offset, event_log.c.workspace_id, event_log.c.message_id,
-                event_log.c.partition, event_log.c.received_at_ms, event_log.c.body,
-            )
-            .where(event_log.c.offset > after_offset)
-            .order_by(event_log.c.offset)
-            .limit(limit)
-        )  # fmt: skip
-        if partition is not None:
-            query = query.where(event_log.c.partition == partition)
-        if workspace_id is not None:
-            query = query.where(event_log.c.workspace_id == workspace_id)
-        with self.engine.connect() as conn:
-            return [LogEntry(*row) for row in conn.execute(query)]
+        return read_entries(self.engine, after_offset, limit, partition, workspace_id)
+
+
+def read_entries(
+    engine: Engine,
+    after_offset: int,
+    limit: int,
+    partition: int | None = None,
+    workspace_id: str | None = None,
+) -> list[LogEntry]:
+    """Entries with offset > after_offset, in offset order (a consumer needs no writer)."""
+    query = (
+        sa.select(
+            event_log.c.offset, event_log.c.workspace_id, event_log.c.message_id,
+            event_log.c.partition, event_log.c.received_at_ms, event_log.c.body,
+        )
+        .where(event_log.c.offset > after_offset)
+        .order_by(event_log.c.offset)
+        .limit(limit)
+    )  # fmt: skip
+    if partition is not None:
+        query = query.where(event_log.c.partition == partition)
+    if workspace_id is not None:
+        query = query.where(event_log.c.workspace_id == workspace_id)
+    with engine.connect() as conn:
+        return [LogEntry(*row) for row in conn.execute(query)]

@@ -38,6 +38,7 @@ workspaces = Table(
     Column("id", String(64), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at_ms", BigInteger, nullable=False),
+    Column("settings", Text, nullable=False, server_default="{}"),  # JSON, see store.sql
 )
 
 sources = Table(
@@ -93,4 +94,60 @@ quarantine = Table(
     Column("errors", Text, nullable=False),  # JSON list of {"field", "message"}
     Column("payload", LargeBinary, nullable=False),
     Index(None, "workspace_id", "id"),
+)
+
+# --- Derived state: written only by the processor that owns the partition ---------------------
+# Everything below can be rebuilt from event_log by `worldflow replay`.
+
+# A profile's state is one JSON document (profiles/model.py); the columns beside it are what
+# queries filter on. A merged profile stays as a tombstone pointing at its survivor, so its id
+# still resolves.
+profiles = Table(
+    "profiles",
+    metadata,
+    Column("id", String(40), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("partition", Integer, nullable=False, server_default="0"),
+    Column("merged_into", String(40), nullable=True),
+    Column("first_seen_ms", BigInteger, nullable=False),
+    Column("last_seen_ms", BigInteger, nullable=False),
+    Column("next_timer_ms", BigInteger, nullable=True),  # the profile's earliest durable timer
+    Column("body", Text, nullable=False),
+    Index(None, "workspace_id", "last_seen_ms"),
+    Index(None, "partition", "next_timer_ms"),
+)
+
+# Every identity ever seen, pointing at the profile it resolves to now.
+identities = Table(
+    "identities",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("type", String(32), primary_key=True),
+    Column("value", String(200), primary_key=True),
+    Column("profile_id", String(40), nullable=False),
+    Index(None, "profile_id"),
+)
+
+profile_merges = Table(
+    "profile_merges",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("survivor_id", String(40), nullable=False),
+    Column("merged_id", String(40), nullable=False),
+    Column("offset", BigInteger, nullable=False),  # the log entry that caused the merge
+    Column("at_ms", BigInteger, nullable=False),  # that entry's receipt time
+    Column("identity", String(260), nullable=False),  # type:value that linked the two
+    Index(None, "workspace_id", "survivor_id"),
+    Index(None, "merged_id"),
+)
+
+# Where each partition's processor is in the log, and its counters, committed with its state.
+processor_state = Table(
+    "processor_state",
+    metadata,
+    Column("partition", Integer, primary_key=True, autoincrement=False),
+    Column("offset", BigInteger, nullable=False),
+    Column("stream_time_ms", BigInteger, nullable=False),
+    Column("counters", Text, nullable=False),  # JSON {name: count}
 )

@@ -1,0 +1,548 @@
+"""The processor: the event log in, profiles out.
+
+One processor owns one or more partitions of the log and is the only writer of the profiles
+created from them. It works in micro-batches:
+
+1. read the next entries of its partitions after its committed offset;
+2. prefetch, in two queries, every identity those events name and every profile they resolve
+   to that is not already in memory;
+3. apply each event in log order: fire the durable timers that are due by the entry's receipt
+   time (a session nobody ended), resolve the event's identities to one profile (creating or
+   merging profiles), pass it through the privacy gate, and update the profile;
+4. commit the changed profiles, identities, merges, counters and the new offset in one
+   transaction.
+
+A crash between two commits loses only uncommitted work, which the next start reads again
+from the committed offset: no event is applied twice or lost. Everything applied is a pure
+function of the log (the log's receipt times are the clock), so ``worldflow replay`` rebuilds
+the same profiles; when the log is idle the processor appends clock ticks to it, so timers
+fire on time and replay sees those ticks too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import json
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from itertools import islice
+from typing import Any, Protocol
+
+import msgspec
+
+from worldflow.events.catalogue import Catalogue, EventSpec
+from worldflow.events.model import Event, decode_event
+from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
+from worldflow.log import LogEntry
+from worldflow.privacy import gate
+from worldflow.profiles import model
+from worldflow.profiles.model import Profile, Session
+
+log = logging.getLogger(__name__)
+
+TICK_WORKSPACE = "_system"  # log entries of this workspace are clock ticks, not events
+
+IdentityKey = tuple[str, str, str]  # (workspace, type, value)
+
+
+@dataclass(slots=True)
+class PartitionState:
+    offset: int = 0
+    stream_time_ms: int = 0
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Merge:
+    workspace_id: str
+    survivor_id: str
+    merged_id: str
+    offset: int
+    at_ms: int
+    identity: str
+
+
+@dataclass(slots=True)
+class Commit:
+    """Everything one micro-batch changed, written in one transaction."""
+
+    profiles: list[Profile]
+    tombstones: list[tuple[str, str, str]]  # (workspace, merged id, survivor id)
+    identities: dict[IdentityKey, str]
+    merges: list[Merge]
+    partitions: dict[int, PartitionState]
+    partition_of_profile: dict[str, int]
+
+
+class ProfileStore(Protocol):
+    """What the processor needs from the store (adapter: store/profiles.py)."""
+
+    def load_partitions(self, partitions: Sequence[int]) -> dict[int, PartitionState]: ...
+
+    def lookup_identities(self, keys: Sequence[IdentityKey]) -> dict[IdentityKey, str]: ...
+
+    def load_profiles(self, ids: Sequence[str]) -> dict[str, Profile | str]:
+        """Each found id → its profile, or the id of the survivor it was merged into."""
+        ...
+
+    def timers(self, partitions: Sequence[int]) -> list[tuple[int, str]]: ...
+
+    def workspace_settings(self, workspace_id: str) -> dict[str, Any]: ...
+
+    def commit(self, commit: Commit) -> None: ...
+
+
+ReadLog = Callable[[int, int], list[LogEntry]]  # (after offset, limit) → entries
+
+
+def _ms(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return int(value.timestamp() * 1000)
+
+
+def profile_id_for(workspace_id: str, message_id: str) -> str:
+    """Deterministic, so that replay creates the same ids."""
+    digest = hashlib.blake2b(f"{workspace_id}\0{message_id}".encode(), digest_size=10)
+    return "p_" + digest.hexdigest()
+
+
+def _world_id(event: Event) -> str:
+    world = event.context.get("world")
+    if isinstance(world, dict):
+        world = world.get("id")
+    if isinstance(world, str) and world:
+        return world[:100]
+    return "web"  # pages and calls from outside any world
+
+
+class Processor:
+    def __init__(
+        self,
+        store: ProfileStore,
+        read_log: ReadLog,
+        partitions: Sequence[int] = (0,),
+        *,
+        catalogue: Catalogue | None = None,
+        batch_size: int = 2000,
+        max_profiles: int = 100_000,
+        max_identities: int = 400_000,
+    ) -> None:
+        self.store = store
+        self.read_log = read_log
+        self.partitions = tuple(partitions)
+        self.catalogue = catalogue or Catalogue.default()
+        self.batch_size = batch_size
+        self.max_profiles = max_profiles
+        self.max_identities = max_identities
+        # Hot state, in least-recently-used order (dicts keep insertion order).
+        self.profiles: dict[str, Profile] = {}
+        self.identities: dict[IdentityKey, str] = {}
+        self.state: dict[int, PartitionState] = {}
+        self._timers: list[tuple[int, str]] = []  # heap of (due ms, profile id)
+        self._scheduled: dict[str, int] = {}  # earliest due pushed per profile
+        self._settings: dict[str, tuple[dict[str, IdentityType], bool]] = {}
+        self._begin_batch()
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.state = self.store.load_partitions(self.partitions)
+        for due, profile_id in self.store.timers(self.partitions):
+            self._schedule(profile_id, due)
+
+    @property
+    def offset(self) -> int:
+        """Every entry up to here is applied and committed."""
+        return min(s.offset for s in self.state.values())
+
+    @property
+    def stream_time_ms(self) -> int:
+        return max(s.stream_time_ms for s in self.state.values())
+
+    def next_timer_ms(self) -> int | None:
+        return self._timers[0][0] if self._timers else None
+
+    def counters(self) -> dict[str, int]:
+        total: dict[str, int] = {}
+        for state in self.state.values():
+            for name, count in state.counters.items():
+                total[name] = total.get(name, 0) + count
+        return total
+
+    def step(self) -> int:
+        """Apply and commit one micro-batch; return how many log entries it read."""
+        entries = self.read_log(self.offset, self.batch_size)
+        if not entries:
+            return 0
+        decoded: list[tuple[LogEntry, Event | None]] = []
+        for entry in entries:
+            state = self.state.get(entry.partition)
+            if state is None or entry.offset <= state.offset:
+                continue  # another processor's partition, or already applied
+            if entry.workspace_id == TICK_WORKSPACE:
+                decoded.append((entry, None))
+                continue
+            try:
+                decoded.append((entry, decode_event(entry.body)))
+            except (msgspec.ValidationError, msgspec.DecodeError):
+                log.exception("log entry %d is not a canonical event; skipped", entry.offset)
+                self._count(entry.partition, "unreadable")
+                decoded.append((entry, None))
+        self._prefetch([event for _, event in decoded if event is not None])
+        for entry, event in decoded:
+            self._advance_clock(entry.partition, entry.received_at_ms, entry.offset)
+            if event is not None:
+                self._apply(entry, event)
+            state = self.state[entry.partition]
+            state.offset = entry.offset
+        for state in self.state.values():  # an owned partition with no entries here moves on
+            state.offset = max(state.offset, entries[-1].offset)
+        self._commit()
+        return len(entries)
+
+    # -- batch bookkeeping -----------------------------------------------------------------
+
+    def _begin_batch(self) -> None:
+        self._dirty: dict[str, Profile] = {}
+        self._dirty_identities: dict[IdentityKey, str] = {}
+        self._tombstones: list[tuple[str, str, str]] = []
+        self._merges: list[Merge] = []
+        self._new_partition: dict[str, int] = {}
+
+    def _commit(self) -> None:
+        self.store.commit(
+            Commit(
+                profiles=list(self._dirty.values()),
+                tombstones=self._tombstones,
+                identities=self._dirty_identities,
+                merges=self._merges,
+                partitions=self.state,
+                partition_of_profile=self._new_partition,
+            )
+        )
+        self._begin_batch()
+        self._evict()
+
+    def _evict(self) -> None:
+        """Forget the least recently used profiles and identities beyond the bounds: they are
+        committed, and are read back from the store when they are next needed."""
+        _evict(self.profiles, self.max_profiles)
+        _evict(self.identities, self.max_identities)
+
+    def _count(self, partition: int, name: str, n: int = 1) -> None:
+        counters = self.state[partition].counters
+        counters[name] = counters.get(name, 0) + n
+
+    def _settings_for(self, workspace_id: str) -> tuple[dict[str, IdentityType], bool]:
+        found = self._settings.get(workspace_id)
+        if found is None:
+            settings = self.store.workspace_settings(workspace_id)
+            found = (identity_types(settings.get("identity_types")),
+                     bool(settings.get("raw_telemetry", False)))  # fmt: skip
+            self._settings[workspace_id] = found
+        return found
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _prefetch(self, events: Iterable[Event]) -> None:
+        wanted: set[IdentityKey] = set()
+        for event in events:
+            ws = event.workspace_id
+            for type_name, value in identities_of(event):
+                wanted.add((ws, type_name, value))
+            if event.previous_id:
+                wanted.add((ws, "user_id", event.previous_id))
+                wanted.add((ws, "anonymous_id", event.previous_id))
+        missing = [key for key in wanted if key not in self.identities]
+        if missing:
+            self.identities.update(self.store.lookup_identities(missing))
+        ids = {self.identities[k] for k in wanted if k in self.identities}
+        self._load([i for i in ids if i not in self.profiles])
+
+    def _load(self, ids: Sequence[str]) -> None:
+        pending = list(ids)
+        for _ in range(8):  # follow merge pointers a few hops
+            if not pending:
+                return
+            found = self.store.load_profiles(pending)
+            pending = []
+            for profile_id, value in found.items():
+                if isinstance(value, Profile):
+                    self.profiles[profile_id] = value
+                elif value not in self.profiles:
+                    pending.append(value)
+
+    def _profile(self, profile_id: str) -> Profile | None:
+        profile = self.profiles.get(profile_id)
+        if profile is None:
+            self._load([profile_id])
+            profile = self.profiles.get(profile_id)
+        else:  # most recently used goes last
+            del self.profiles[profile_id]
+            self.profiles[profile_id] = profile
+        return profile
+
+    def _resolve_id(self, key: IdentityKey) -> str | None:
+        """The live profile an identity points at (following merges), or None."""
+        profile_id = self.identities.get(key)
+        if profile_id is None:
+            return None
+        profile = self._profile(profile_id)
+        if profile is None:  # merged away; its identities were re-pointed in the same commit
+            found = self.store.lookup_identities([key]).get(key)
+            if found is None or found == profile_id:
+                return None
+            self.identities[key] = found
+            return found if self._profile(found) is not None else None
+        return profile.id
+
+    # -- identity resolution ---------------------------------------------------------------
+
+    def _identities(self, event: Event) -> list[Identity]:
+        found = identities_of(event)
+        if event.previous_id:  # alias: the previous id is a known user id or an anonymous id
+            ws = event.workspace_id
+            kind = "user_id" if (ws, "user_id", event.previous_id) in self.identities else (
+                "anonymous_id")  # fmt: skip
+            found.append((kind, event.previous_id))
+        return found
+
+    def _resolve(self, entry: LogEntry, event: Event, at: int) -> Profile:
+        ws = event.workspace_id
+        types, _ = self._settings_for(ws)
+        ids = sorted(self._identities(event),
+                     key=lambda i: types.get(i[0], IdentityType(i[0], 99)).priority)  # fmt: skip
+        known: list[tuple[Identity, str]] = []
+        unknown: list[Identity] = []
+        for identity in ids:
+            profile_id = self._resolve_id((ws, *identity))
+            if profile_id is None:
+                unknown.append(identity)
+            else:
+                known.append((identity, profile_id))
+        unique_unknown = [i for i in unknown if types.get(i[0], IdentityType(i[0], 99)).unique]
+        primary: Profile | None = None
+        for identity, _ in known:
+            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            if not spec.merge:
+                continue
+            # Looked up again: a merge earlier in this loop may have re-pointed it.
+            candidate = self.profiles.get(self.identities[(ws, *identity)])
+            if candidate is None:
+                continue
+            if primary is None:
+                if any(candidate.identities.get(t) for t, _ in unique_unknown):
+                    continue  # it already belongs to another user: a shared device
+                primary = candidate
+            elif candidate.id != primary.id:
+                primary = self._merge(primary, candidate, identity, entry, at)
+        if primary is None:
+            primary = model.new_profile(profile_id_for(ws, event.message_id), ws, entry.offset, at)
+            self.profiles[primary.id] = primary
+            self._new_partition[primary.id] = entry.partition
+            self._count(entry.partition, "profiles_created")
+        for identity in unknown:
+            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            if spec.unique and primary.identities.get(identity[0]):
+                self._count(entry.partition, "identities_refused_unique")
+                continue
+            self._link(primary, ws, identity)
+        for identity, profile_id in known:  # devices follow their latest user
+            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            if not spec.merge and profile_id != primary.id:
+                self._link(primary, ws, identity)
+        return primary
+
+    def _link(self, profile: Profile, ws: str, identity: Identity) -> None:
+        key = (ws, *identity)
+        self.identities[key] = profile.id
+        self._dirty_identities[key] = profile.id
+        model.add_identity(profile, *identity)
+
+    def _merge(self, a: Profile, b: Profile, via: Identity, entry: LogEntry, at: int) -> Profile:
+        types, _ = self._settings_for(a.workspace_id)
+        for type_name, spec in types.items():
+            mine, theirs = a.identities.get(type_name), b.identities.get(type_name)
+            if spec.unique and mine and theirs and set(mine) != set(theirs):
+                self._count(entry.partition, "merges_refused_unique")
+                return a
+        survivor, merged = (a, b) if a.created_offset <= b.created_offset else (b, a)
+        model.merge_into(survivor, merged)
+        ws = survivor.workspace_id
+        for type_name, values in merged.identities.items():
+            for value in values:
+                self.identities[(ws, type_name, value)] = survivor.id
+                self._dirty_identities[(ws, type_name, value)] = survivor.id
+        del self.profiles[merged.id]
+        self._dirty.pop(merged.id, None)
+        self._scheduled.pop(merged.id, None)
+        self._tombstones.append((ws, merged.id, survivor.id))
+        self._merges.append(
+            Merge(ws, survivor.id, merged.id, entry.offset, entry.received_at_ms, ":".join(via))
+        )
+        self._count(entry.partition, "merges")
+        self._touch(survivor)
+        return survivor
+
+    # -- applying --------------------------------------------------------------------------
+
+    def _touch(self, profile: Profile) -> None:
+        self._dirty[profile.id] = profile
+        due = profile.next_timer()
+        if due is not None:
+            self._schedule(profile.id, due)
+
+    def _schedule(self, profile_id: str, due: int) -> None:
+        scheduled = self._scheduled.get(profile_id)
+        if scheduled is None or due < scheduled:
+            self._scheduled[profile_id] = due
+            heapq.heappush(self._timers, (due, profile_id))
+
+    def _advance_clock(self, partition: int, now: int, offset: int) -> None:
+        state = self.state[partition]
+        state.stream_time_ms = max(state.stream_time_ms, now)
+        now = state.stream_time_ms
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            due, profile_id = heapq.heappop(timers)
+            if self._scheduled.get(profile_id) != due:
+                continue  # superseded by an earlier push that already fired
+            del self._scheduled[profile_id]
+            profile = self._profile(profile_id)
+            if profile is None:
+                continue
+            expired = [s for s in profile.sessions.values()
+                       if s.last_received + model.SESSION_IDLE_MS <= now]  # fmt: skip
+            for session in expired:
+                self._end_session(
+                    profile, session, None, offset, synthetic=True, partition=partition
+                )
+            self._touch(profile)
+
+    def _apply(self, entry: LogEntry, event: Event) -> None:
+        partition = entry.partition
+        at = _ms(event.timestamp)
+        spec: EventSpec | None = None
+        name = event.name
+        if event.type == "track" and name is not None and not event.custom:
+            spec = self.catalogue.get(name)
+        _, raw_telemetry = self._settings_for(event.workspace_id)
+        if event.tier >= 3:  # never joined to a person, whatever the settings
+            self._count(partition, gate.verdict(3, spec, {}, _NOBODY, raw_telemetry).value)
+            return
+        profile = self._resolve(entry, event, at)
+        profile.first_seen = min(profile.first_seen, at)
+        profile.last_seen = max(profile.last_seen, at)
+        counters = profile.counters
+        counters["events"] = counters.get("events", 0) + 1
+        self._count(partition, "events")
+        if name == "consent.updated":
+            model.set_consent(profile, event.properties, at)
+        properties = event.properties
+        verdict = gate.verdict(event.tier, spec, properties, profile, raw_telemetry)
+        if verdict is not gate.Verdict.KEEP:
+            self._count(partition, verdict.value)
+            counters[verdict.value] = counters.get(verdict.value, 0) + 1
+            if verdict is gate.Verdict.SUPPRESS:
+                self._touch(profile)
+                return
+            if spec is not None:
+                properties = gate.minimise(spec, properties)
+        key = f"events.{name or event.type}"
+        counters[key] = counters.get(key, 0) + 1
+        if event.type == "identify" and event.traits:
+            model.set_traits(profile, event.traits, at)
+            model.apply_trait_operations(profile, event.traits, at)
+        elif "$set" in properties or "$set_once" in properties or "$unset" in properties:
+            model.apply_trait_operations(profile, properties, at)
+        world_id = _world_id(event)
+        world = model.world_of(profile, world_id, at)
+        world.events += 1
+        self._session(profile, event, world_id, at, entry, properties)
+        if name is not None and spec is not None:
+            if name.startswith(("object.", "product.", "cart.item_added")):
+                model.engage(world, name, properties, at)
+            elif name in ("zone.entered", "zone.exited"):
+                model.zone(world, name, properties, at)
+            elif name == "order.completed":
+                model.order(world, properties)
+        recent = profile.recent
+        recent.append(model.Recent(
+            offset=entry.offset, message_id=event.message_id, type=event.type, at=at, name=name,
+            world=world_id, properties=gate.for_history(spec, properties),
+        ))  # fmt: skip
+        if len(recent) > model.RECENT_EVENTS:
+            del recent[0]
+        self._touch(profile)
+
+    def _session(self, profile: Profile, event: Event, world_id: str, at: int, entry: LogEntry,
+                 properties: dict[str, Any]) -> None:  # fmt: skip
+        name = event.name
+        session_id = event.context.get("session_id") or event.context.get("sessionId")
+        if not isinstance(session_id, str | int) or isinstance(session_id, bool):
+            session_id = f"{world_id}~auto"
+        session_id = str(session_id)[:100]
+        sessions = profile.sessions
+        session = sessions.get(session_id)
+        if (
+            session is not None
+            and session_id.endswith("~auto")
+            and (at - session.last > model.SESSION_IDLE_MS)
+        ):
+            self._end_session(profile, session, None, entry.offset, True, entry.partition)
+            session = None
+        if session is None:
+            if name == "session.ended":
+                return  # the end of a session already closed (for instance by a timeout)
+            for other in [s for s in sessions.values() if s.world == world_id]:
+                self._end_session(profile, other, None, entry.offset, True, entry.partition)
+            session = sessions[session_id] = Session(
+                id=session_id, world=world_id, started=at, last=at,
+                last_received=entry.received_at_ms,
+            )  # fmt: skip
+            profile.worlds[world_id].sessions += 1
+        session.events += 1
+        session.last = max(session.last, at)
+        session.last_received = max(session.last_received, entry.received_at_ms)
+        if name == "session.heartbeat":
+            session.active_ms += model._int(properties.get("active_ms"))
+        elif name == "session.ended":
+            self._end_session(profile, session, properties, entry.offset, False, entry.partition)
+
+    def _end_session(self, profile: Profile, session: Session, properties: dict[str, Any] | None,
+                     offset: int, synthetic: bool, partition: int) -> None:  # fmt: skip
+        duration = model._int((properties or {}).get("duration_ms")) or (
+            session.last - session.started)  # fmt: skip
+        world = profile.worlds.get(session.world)
+        if world is not None:
+            world.active_ms += session.active_ms or duration
+        del profile.sessions[session.id]
+        if synthetic:
+            self._count(partition, "sessions_synthesised")
+            profile.recent.append(model.Recent(
+                offset=offset, message_id=f"synthetic:{session.id}", type="track",
+                at=session.last, name="session.ended", world=session.world,
+                properties={"session_id": session.id, "duration_ms": duration,
+                            "reason": "timeout", "synthetic": True},
+            ))  # fmt: skip
+            if len(profile.recent) > model.RECENT_EVENTS:
+                del profile.recent[0]
+
+
+def _evict(cache: dict[Any, Any], bound: int) -> None:
+    """Drop the oldest entries beyond ``bound``, and a tenth more so this runs seldom."""
+    excess = len(cache) - bound
+    if excess > 0:
+        for key in list(islice(iter(cache), excess + bound // 10)):
+            del cache[key]
+
+
+_NOBODY = model.new_profile("", "", 0, 0)
+
+
+def tick_record_body(now_ms: int) -> bytes:
+    return json.dumps({"tick": now_ms}).encode()

@@ -1,0 +1,1 @@
+"""Privacy by design: consent by purpose, privacy tiers, minimisation."""

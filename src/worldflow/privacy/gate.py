@@ -1,0 +1,74 @@
+"""The privacy gate at the processor's edge: what of an event may reach a profile.
+
+- p3 raw telemetry (pose and gaze sample batches) is never joined to a profile; a workspace
+  that has not enabled it (``raw_telemetry``) also has it counted as refused.
+- When a person has refused ``analytics``, behavioural events (p1, p2) do not reach their
+  profile; technical ones (p0: sessions, consent itself) still do.
+- A p2 occurrence whose catalogue rule names a consent purpose (eye-tracked gaze needs
+  ``gaze``) keeps its sensitive fields only when that purpose was granted; otherwise they are
+  dropped (minimised) and counted.
+- What is kept of an event in the profile's recent events never holds PII or pseudonymous
+  fields, and any e-mail address left in its properties is replaced by its hash.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from typing import Any
+
+from worldflow.events.catalogue import EventSpec
+from worldflow.identity.types import email_hash
+from worldflow.profiles.model import Profile, consents
+
+
+class Verdict(enum.Enum):
+    KEEP = "kept"
+    MINIMISE = "minimised"
+    SUPPRESS = "suppressed_no_consent"  # analytics refused
+    REFUSE = "refused_raw_telemetry"
+    SKIP = "raw_telemetry_not_joined"
+
+
+def verdict(tier: int, spec: EventSpec | None, properties: dict[str, Any], profile: Profile,
+            raw_telemetry: bool) -> Verdict:  # fmt: skip
+    if tier >= 3:
+        return Verdict.SKIP if raw_telemetry else Verdict.REFUSE
+    if tier >= 1 and consents(profile, "analytics") is False:
+        return Verdict.SUPPRESS
+    if tier == 2 and spec is not None:
+        purpose = spec.consent_for(properties)
+        if purpose is not None and consents(profile, purpose) is not True:
+            return Verdict.MINIMISE
+    return Verdict.KEEP
+
+
+def minimise(spec: EventSpec, properties: dict[str, Any]) -> dict[str, Any]:
+    drop = spec.sensitive_fields
+    return {k: v for k, v in properties.items() if k not in drop}
+
+
+_EMAIL = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
+# Keys whose values are personal data by name, whatever the catalogue says of custom events.
+_PERSONAL_KEYS = frozenset({"email", "phone", "name", "first_name", "last_name", "firstName",
+                            "lastName", "address", "ip", "password"})  # fmt: skip
+
+
+def _scrub(value: Any, depth: int = 0) -> Any:
+    if isinstance(value, str):
+        return "sha256:" + email_hash(value) if _EMAIL.fullmatch(value) else value
+    if depth > 4:
+        return None
+    if isinstance(value, dict):
+        return {k: _scrub(v, depth + 1) for k, v in value.items() if k not in _PERSONAL_KEYS}
+    if isinstance(value, list):
+        return [_scrub(v, depth + 1) for v in value[:20]]
+    return value
+
+
+def for_history(spec: EventSpec | None, properties: dict[str, Any]) -> dict[str, Any]:
+    """The properties worth keeping in a profile's recent events."""
+    personal = spec.personal_fields if spec is not None else ()
+    kept = {k: v for k, v in properties.items() if k not in personal}
+    scrubbed: dict[str, Any] = _scrub(kept)
+    return scrubbed

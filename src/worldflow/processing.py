@@ -1,0 +1,207 @@
+"""Running the processor: its loop, its process beside the server, and replay.
+
+The loop polls the log (a cheap indexed range read) and applies what it finds in
+micro-batches. When the log is idle and a durable timer is due, it appends a clock tick through
+the log writer, so timers fire as entries of the log itself and replay fires them identically.
+Each partition is owned by one processor: a file lock beside an SQLite store, an advisory
+lock on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import multiprocessing
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from worldflow.engine import TICK_WORKSPACE, Processor, tick_record_body
+from worldflow.log import LogRecord
+from worldflow.log.sql import SqlEventLog, read_entries
+from worldflow.store.profiles import SqlProfileStore
+from worldflow.store.schema import event_log
+from worldflow.store.sql import create_store_engine
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.01  # idle poll interval: bounds the added end-to-end latency
+TICK_AFTER_MS = 1000  # an idle log gets a tick once a timer is this overdue
+
+
+class PartitionBusyError(RuntimeError):
+    """Another processor owns the partition."""
+
+
+@contextmanager
+def owning(engine: Engine, partitions: Sequence[int]) -> Any:
+    """Hold the partitions' ownership for the duration of the block."""
+    with ExitStack() as stack:
+        if engine.dialect.name == "postgresql":
+            conn = stack.enter_context(engine.connect())
+            for partition in partitions:
+                key = 0x57F1_0000 + partition
+                if not conn.execute(sa.text(f"SELECT pg_try_advisory_lock({key})")).scalar():
+                    raise PartitionBusyError(f"partition {partition} is owned by another processor")
+        else:
+            db = Path(str(engine.url.database))
+            for partition in partitions:
+                handle = stack.enter_context((db.parent / f"{db.name}.p{partition}.lock").open("w"))
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    raise PartitionBusyError(
+                        f"partition {partition} is owned by another processor"
+                    ) from None
+        yield
+
+
+def build(engine: Engine, partitions: Sequence[int], **options: Any) -> Processor:
+    processor = Processor(
+        SqlProfileStore(engine),
+        lambda after, limit: read_entries(engine, after, limit),
+        partitions,
+        **options,
+    )
+    processor.start()
+    return processor
+
+
+def run(
+    store_url: str,
+    partitions: Sequence[int],
+    writer_address: str | None,
+    stop: threading.Event,
+    on_step: Callable[[Processor, int], None] | None = None,
+) -> None:
+    """The processor loop until ``stop`` is set; commits what it applied before returning."""
+    engine = create_store_engine(store_url)
+    try:
+        with owning(engine, partitions):
+            processor = build(engine, partitions)
+            asyncio.run(_loop(processor, engine, writer_address, stop, on_step))
+    finally:
+        engine.dispose()
+
+
+async def _loop(
+    processor: Processor,
+    engine: Engine,
+    writer_address: str | None,
+    stop: threading.Event,
+    on_step: Callable[[Processor, int], None] | None,
+) -> None:
+    ticks = None
+    if writer_address:
+        ticks = SqlEventLog(engine, writer_address)
+        await ticks.start()
+    try:
+        while not stop.is_set():
+            n = processor.step()
+            if on_step is not None:
+                on_step(processor, n)
+            if n:
+                continue
+            due = processor.next_timer_ms()
+            now = time.time_ns() // 1_000_000
+            if ticks is not None and due is not None and due + TICK_AFTER_MS <= now:
+                record = LogRecord(TICK_WORKSPACE, f"tick-{now}", processor.partitions[0], now,
+                                   tick_record_body(now))  # fmt: skip
+                await ticks.append([record])
+                continue
+            await asyncio.sleep(POLL_S)
+    finally:
+        if ticks is not None:
+            await ticks.close()
+
+
+def _process_main(store_url: str, partitions: Sequence[int], writer_address: str | None,
+                  ready: Any, parent_pid: int) -> None:  # fmt: skip
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
+
+    def watch_parent() -> None:
+        while not stop.wait(1):
+            if os.getppid() != parent_pid:
+                stop.set()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    ready.send("")
+    ready.close()
+    try:
+        run(store_url, partitions, writer_address, stop)
+    except Exception:
+        log.exception("the processor stopped")
+        raise
+
+
+@dataclass
+class ProcessorProcess:
+    """The processor in a process of its own beside the server's workers and log writer."""
+
+    store_url: str
+    partitions: Sequence[int]
+    writer_address: str | None = None
+    _process: Any = None
+
+    def start(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        ready_recv, ready_send = context.Pipe(duplex=False)
+        self._process = context.Process(
+            target=_process_main,
+            args=(self.store_url, tuple(self.partitions), self.writer_address, ready_send,
+                  os.getpid()),
+            name="worldflow-processor", daemon=False,
+        )  # fmt: skip
+        self._process.start()
+        ready_send.close()
+        if not ready_recv.poll(60):
+            self.stop()
+            raise RuntimeError("the processor did not start in time")
+
+    @property
+    def alive(self) -> bool:
+        return self._process is not None and self._process.is_alive()
+
+    def stop(self, timeout: float = 60) -> None:
+        """SIGTERM: the processor finishes and commits its micro-batch, then exits."""
+        if self._process is None:
+            return
+        if self._process.is_alive():
+            os.kill(self._process.pid, signal.SIGTERM)
+        self._process.join(timeout)
+        if self._process.is_alive():
+            self._process.kill()
+            self._process.join()
+        self._process = None
+
+
+def replay(store_url: str, partitions: Sequence[int] = (0,),
+           on_progress: Callable[[int, int], None] | None = None) -> dict[str, int]:  # fmt: skip
+    """Forget all derived state and rebuild it from the whole log; returns the counters."""
+    engine = create_store_engine(store_url)
+    try:
+        with owning(engine, partitions):
+            store = SqlProfileStore(engine)
+            store.clear_derived()
+            with engine.connect() as conn:
+                end = conn.execute(sa.select(sa.func.max(event_log.c.offset))).scalar()
+            processor = build(engine, partitions, batch_size=5000)
+            while processor.step():
+                if on_progress is not None:
+                    on_progress(processor.offset, int(end or 0))
+            return processor.counters()
+    finally:
+        engine.dispose()

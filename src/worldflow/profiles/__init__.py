@@ -1,0 +1,1 @@
+"""Profiles: one per person, derived from the event log by the processor."""
