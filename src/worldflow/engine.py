@@ -70,7 +70,7 @@ class Commit:
     """Everything one micro-batch changed, written in one transaction."""
 
     profiles: list[Profile]
-    tombstones: list[tuple[str, str, str]]  # (workspace, merged id, survivor id)
+    tombstones: list[tuple[Profile, str]]  # (merged profile, survivor id)
     identities: dict[IdentityKey, str]
     merges: list[Merge]
     partitions: dict[int, PartitionState]
@@ -178,25 +178,26 @@ class Processor:
         entries = self.read_log(self.offset, self.batch_size)
         if not entries:
             return 0
-        decoded: list[tuple[LogEntry, Event | None]] = []
+        decoded: list[tuple[LogEntry, Event | None, list[Identity]]] = []
         for entry in entries:
             state = self.state.get(entry.partition)
             if state is None or entry.offset <= state.offset:
                 continue  # another processor's partition, or already applied
             if entry.workspace_id == TICK_WORKSPACE:
-                decoded.append((entry, None))
+                decoded.append((entry, None, []))
                 continue
             try:
-                decoded.append((entry, decode_event(entry.body)))
+                event = decode_event(entry.body)
+                decoded.append((entry, event, identities_of(event)))
             except (msgspec.ValidationError, msgspec.DecodeError):
                 log.exception("log entry %d is not a canonical event; skipped", entry.offset)
                 self._count(entry.partition, "unreadable")
-                decoded.append((entry, None))
-        self._prefetch([event for _, event in decoded if event is not None])
-        for entry, event in decoded:
+                decoded.append((entry, None, []))
+        self._prefetch([(event, ids) for _, event, ids in decoded if event is not None])
+        for entry, maybe_event, ids in decoded:
             self._advance_clock(entry.partition, entry.received_at_ms, entry.offset)
-            if event is not None:
-                self._apply(entry, event)
+            if maybe_event is not None:
+                self._apply(entry, maybe_event, ids)
             state = self.state[entry.partition]
             state.offset = entry.offset
         for state in self.state.values():  # an owned partition with no entries here moves on
@@ -209,7 +210,7 @@ class Processor:
     def _begin_batch(self) -> None:
         self._dirty: dict[str, Profile] = {}
         self._dirty_identities: dict[IdentityKey, str] = {}
-        self._tombstones: list[tuple[str, str, str]] = []
+        self._tombstones: list[tuple[Profile, str]] = []
         self._merges: list[Merge] = []
         self._new_partition: dict[str, int] = {}
 
@@ -248,11 +249,11 @@ class Processor:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _prefetch(self, events: Iterable[Event]) -> None:
+    def _prefetch(self, events: Iterable[tuple[Event, list[Identity]]]) -> None:
         wanted: set[IdentityKey] = set()
-        for event in events:
+        for event, ids in events:
             ws = event.workspace_id
-            for type_name, value in identities_of(event):
+            for type_name, value in ids:
                 wanted.add((ws, type_name, value))
             if event.previous_id:
                 wanted.add((ws, "user_id", event.previous_id))
@@ -260,8 +261,8 @@ class Processor:
         missing = [key for key in wanted if key not in self.identities]
         if missing:
             self.identities.update(self.store.lookup_identities(missing))
-        ids = {self.identities[k] for k in wanted if k in self.identities}
-        self._load([i for i in ids if i not in self.profiles])
+        found = {self.identities[k] for k in wanted if k in self.identities}
+        self._load([i for i in found if i not in self.profiles])
 
     def _load(self, ids: Sequence[str]) -> None:
         pending = list(ids)
@@ -302,32 +303,32 @@ class Processor:
 
     # -- identity resolution ---------------------------------------------------------------
 
-    def _identities(self, event: Event) -> list[Identity]:
-        found = identities_of(event)
+    def _identities(self, event: Event, found: list[Identity]) -> list[Identity]:
         if event.previous_id:  # alias: the previous id is a known user id or an anonymous id
             ws = event.workspace_id
             kind = "user_id" if (ws, "user_id", event.previous_id) in self.identities else (
                 "anonymous_id")  # fmt: skip
-            found.append((kind, event.previous_id))
+            return [*found, (kind, event.previous_id)]
         return found
 
-    def _resolve(self, entry: LogEntry, event: Event, at: int) -> Profile:
+    def _resolve(self, entry: LogEntry, event: Event, ids: list[Identity], at: int) -> Profile:
         ws = event.workspace_id
         types, _ = self._settings_for(ws)
-        ids = sorted(self._identities(event),
-                     key=lambda i: types.get(i[0], IdentityType(i[0], 99)).priority)  # fmt: skip
         known: list[tuple[Identity, str]] = []
         unknown: list[Identity] = []
-        for identity in ids:
+        for identity in self._identities(event, ids):
             profile_id = self._resolve_id((ws, *identity))
             if profile_id is None:
                 unknown.append(identity)
             else:
                 known.append((identity, profile_id))
-        unique_unknown = [i for i in unknown if types.get(i[0], IdentityType(i[0], 99)).unique]
+        if not unknown and len({p for _, p in known}) == 1:
+            return self.profiles[known[0][1]]  # the common case: a returning visitor
+        known.sort(key=lambda k: types[k[0][0]].priority)
+        unique_unknown = [i for i in unknown if types[i[0]].unique]
         primary: Profile | None = None
         for identity, _ in known:
-            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            spec = types[identity[0]]
             if not spec.merge:
                 continue
             # Looked up again: a merge earlier in this loop may have re-pointed it.
@@ -346,13 +347,13 @@ class Processor:
             self._new_partition[primary.id] = entry.partition
             self._count(entry.partition, "profiles_created")
         for identity in unknown:
-            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            spec = types[identity[0]]
             if spec.unique and primary.identities.get(identity[0]):
                 self._count(entry.partition, "identities_refused_unique")
                 continue
             self._link(primary, ws, identity)
         for identity, profile_id in known:  # devices follow their latest user
-            spec = types.get(identity[0], IdentityType(identity[0], 99))
+            spec = types[identity[0]]
             if not spec.merge and profile_id != primary.id:
                 self._link(primary, ws, identity)
         return primary
@@ -380,7 +381,7 @@ class Processor:
         del self.profiles[merged.id]
         self._dirty.pop(merged.id, None)
         self._scheduled.pop(merged.id, None)
-        self._tombstones.append((ws, merged.id, survivor.id))
+        self._tombstones.append((merged, survivor.id))
         self._merges.append(
             Merge(ws, survivor.id, merged.id, entry.offset, entry.received_at_ms, ":".join(via))
         )
@@ -423,7 +424,7 @@ class Processor:
                 )
             self._touch(profile)
 
-    def _apply(self, entry: LogEntry, event: Event) -> None:
+    def _apply(self, entry: LogEntry, event: Event, ids: list[Identity]) -> None:
         partition = entry.partition
         at = _ms(event.timestamp)
         spec: EventSpec | None = None
@@ -434,7 +435,7 @@ class Processor:
         if event.tier >= 3:  # never joined to a person, whatever the settings
             self._count(partition, gate.verdict(3, spec, {}, _NOBODY, raw_telemetry).value)
             return
-        profile = self._resolve(entry, event, at)
+        profile = self._resolve(entry, event, ids, at)
         profile.first_seen = min(profile.first_seen, at)
         profile.last_seen = max(profile.last_seen, at)
         counters = profile.counters
@@ -473,7 +474,7 @@ class Processor:
         recent = profile.recent
         recent.append(model.Recent(
             offset=entry.offset, message_id=event.message_id, type=event.type, at=at, name=name,
-            world=world_id, properties=gate.for_history(spec, properties),
+            world=world_id, properties=gate.for_history(spec, properties, entry.body),
         ))  # fmt: skip
         if len(recent) > model.RECENT_EVENTS:
             del recent[0]

@@ -54,6 +54,16 @@ _PERSONAL_KEYS = frozenset({"email", "phone", "name", "first_name", "last_name",
                             "lastName", "address", "ip", "password"})  # fmt: skip
 
 
+_personal_by_event: dict[str, tuple[str, ...]] = {}
+
+
+def _personal(spec: EventSpec) -> tuple[str, ...]:
+    found = _personal_by_event.get(spec.name)
+    if found is None:
+        found = _personal_by_event[spec.name] = spec.personal_fields
+    return found
+
+
 def _scrub(value: Any, depth: int = 0) -> Any:
     if isinstance(value, str):
         return "sha256:" + email_hash(value) if _EMAIL.fullmatch(value) else value
@@ -66,9 +76,17 @@ def _scrub(value: Any, depth: int = 0) -> Any:
     return value
 
 
-def for_history(spec: EventSpec | None, properties: dict[str, Any]) -> dict[str, Any]:
-    """The properties worth keeping in a profile's recent events."""
-    personal = spec.personal_fields if spec is not None else ()
-    kept = {k: v for k, v in properties.items() if k not in personal}
-    scrubbed: dict[str, Any] = _scrub(kept)
-    return scrubbed
+def for_history(spec: EventSpec | None, properties: dict[str, Any], raw: bytes) -> dict[str, Any]:
+    """The properties worth keeping in a profile's recent events; ``raw`` is the event as
+    logged: the deep scrub of nested values runs only when an address may be in it."""
+    personal = _personal(spec) if spec is not None else ()
+    if b"@" in raw:
+        scrubbed: dict[str, Any] = _scrub(
+            {k: v for k, v in properties.items() if k not in personal}
+        )
+        return scrubbed
+    if personal or not _PERSONAL_KEYS.isdisjoint(properties):
+        return {
+            k: v for k, v in properties.items() if k not in personal and k not in _PERSONAL_KEYS
+        }
+    return dict(properties)

@@ -26,14 +26,14 @@ SESSION_IDLE_MS = 30 * 60 * 1000
 MAX_KEYS = 200  # per map of zones, objects or products in one world: the most engaged stay
 
 
-class Consent(msgspec.Struct, omit_defaults=True):
+class Consent(msgspec.Struct, omit_defaults=True, gc=False):
     granted: bool
     at: int
     policy_version: str | None = None
     source: str | None = None
 
 
-class Session(msgspec.Struct, omit_defaults=True):
+class Session(msgspec.Struct, omit_defaults=True, gc=False):
     id: str
     world: str
     started: int  # event time
@@ -43,13 +43,13 @@ class Session(msgspec.Struct, omit_defaults=True):
     active_ms: int = 0  # from heartbeats and the end event, when the client reports them
 
 
-class Zone(msgspec.Struct, omit_defaults=True):
+class Zone(msgspec.Struct, omit_defaults=True, gc=False):
     visits: int = 0
     dwell_ms: int = 0
     last: int = 0
 
 
-class Engagement(msgspec.Struct, omit_defaults=True):
+class Engagement(msgspec.Struct, omit_defaults=True, gc=False):
     """What a person did with one object or product."""
 
     views: int = 0

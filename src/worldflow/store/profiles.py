@@ -153,12 +153,14 @@ class SqlProfileStore:
             stmt = stmt.on_conflict_do_update(
                 index_elements=["id"],
                 set_={"merged_into": stmt.excluded.merged_into, "body": "{}",
-                      "next_timer_ms": None},
+                      "next_timer_ms": None, "first_seen_ms": stmt.excluded.first_seen_ms,
+                      "last_seen_ms": stmt.excluded.last_seen_ms},
             )  # fmt: skip
             conn.execute(stmt, [
-                {"id": merged, "workspace_id": ws, "merged_into": survivor, "first_seen_ms": 0,
-                 "last_seen_ms": 0, "next_timer_ms": None, "body": "{}"}
-                for ws, merged, survivor in commit.tombstones
+                {"id": merged.id, "workspace_id": merged.workspace_id, "merged_into": survivor,
+                 "first_seen_ms": merged.first_seen, "last_seen_ms": merged.last_seen,
+                 "next_timer_ms": None, "body": "{}"}
+                for merged, survivor in commit.tombstones
             ])  # fmt: skip
 
     # -- reads for the API -----------------------------------------------------------------
