@@ -51,19 +51,41 @@ def visitor(rng: random.Random, n: int) -> Iterator[tuple[datetime, dict[str, An
         world = WORLDS[(n + d) % len(WORLDS)]
         for _ in range(rng.choice([1, 1, 2, 3])):
             session = str(uuid.UUID(int=rng.getrandbits(128)))
-            ctx = {"world": {"id": world, "scene": "main"}, "session_id": session,
-                   "platform": "webxr", "device": {"id": f"dev-{n}-{d}"}}  # fmt: skip
+            ctx = {
+                "world": {"id": world, "scene": "main"},
+                "session_id": session,
+                "platform": "webxr",
+                "device": {"id": f"dev-{n}-{d}"},
+            }
 
-            def track(name: str, props: dict[str, Any], when: datetime,
-                      ctx: dict[str, Any] = ctx, anon: str = anon) -> tuple[datetime, dict[str, Any]]:  # fmt: skip
-                return when, {"type": "track", "event": name, "anonymousId": anon,
-                              "properties": props, "context": ctx}  # fmt: skip
+            def track(
+                name: str,
+                props: dict[str, Any],
+                when: datetime,
+                ctx: dict[str, Any] = ctx,
+                anon: str = anon,
+            ) -> tuple[datetime, dict[str, Any]]:
+                return when, {
+                    "type": "track",
+                    "event": name,
+                    "anonymousId": anon,
+                    "properties": props,
+                    "context": ctx,
+                }
 
             yield track("session.started", {"entry_point": "direct"}, at)
             if rng.random() < 0.3:
-                yield track("consent.updated", {"scopes": {"analytics": True,
-                            "gaze": rng.random() < 0.3, "marketing_contact": rng.random() < 0.5}},
-                            at)  # fmt: skip
+                yield track(
+                    "consent.updated",
+                    {
+                        "scopes": {
+                            "analytics": True,
+                            "gaze": rng.random() < 0.3,
+                            "marketing_contact": rng.random() < 0.5,
+                        }
+                    },
+                    at,
+                )
             for zone in rng.sample(ZONES, rng.randint(1, 4)):
                 at += timedelta(seconds=rng.uniform(5, 60))
                 yield track("zone.entered", {"zone_id": zone, "zone_type": "showroom"}, at)
@@ -75,26 +97,45 @@ def visitor(rng: random.Random, n: int) -> Iterator[tuple[datetime, dict[str, An
                     )
                     if rng.random() < 0.5:
                         source = "eye" if rng.random() < 0.2 else "head"
-                        yield track("object.gaze_dwell", {"obj": obj, "source": source,
-                                    "dwell_ms": rng.randint(300, 5000)}, at)  # fmt: skip
+                        yield track(
+                            "object.gaze_dwell",
+                            {"obj": obj, "source": source, "dwell_ms": rng.randint(300, 5000)},
+                            at,
+                        )
                     if rng.random() < 0.15:
                         yield track("product.tried_on", {"obj": obj, "slot": "feet"}, at)
                     if rng.random() < 0.05:
                         money = {"amount": "89.00", "currency": "EUR"}
                         yield track("cart.item_added", {"obj": obj, "qty": 1, "money": money}, at)
                         if rng.random() < 0.5:
-                            yield track("order.completed", {"order_id": f"o-{n}-{at.timestamp()}",
-                                        "total": money, "items": [{"sku": sku, "qty": 1}]}, at)  # fmt: skip
+                            yield track(
+                                "order.completed",
+                                {
+                                    "order_id": f"o-{n}-{at.timestamp()}",
+                                    "total": money,
+                                    "items": [{"sku": sku, "qty": 1}],
+                                },
+                                at,
+                            )
                 yield track(
                     "zone.exited", {"zone_id": zone, "dwell_ms": rng.randint(5000, 90000)}, at
                 )
             if user is not None and rng.random() < 0.7:
-                yield at, {"type": "identify", "anonymousId": anon, "userId": user,
-                           "traits": {"email": f"{user}@example.com", "plan": rng.choice(["free", "vip"])},
-                           "context": ctx}  # fmt: skip
+                yield (
+                    at,
+                    {
+                        "type": "identify",
+                        "anonymousId": anon,
+                        "userId": user,
+                        "traits": {
+                            "email": f"{user}@example.com",
+                            "plan": rng.choice(["free", "vip"]),
+                        },
+                        "context": ctx,
+                    },
+                )
             if rng.random() < 0.1:
-                yield track("wallet.connected", {"chain_id": "1",
-                            "address_hash": f"w{n}"}, at)  # fmt: skip
+                yield track("wallet.connected", {"chain_id": "1", "address_hash": f"w{n}"}, at)
             if rng.random() < 0.7:
                 yield track("session.ended", {"reason": "quit"}, at)
             at += timedelta(minutes=rng.uniform(40, 600))
@@ -113,11 +154,22 @@ def write_log(url: str, visitors: int) -> int:
     for i, (at, message) in enumerate(messages):
         message["messageId"] = f"m-{i}"
         message["timestamp"] = at.isoformat()
-        (event,) = translator.translate([msgspec.json.encode(message)], workspace_id=workspace,
-                                        source_id="bench", received_at=at)  # fmt: skip
+        (event,) = translator.translate(
+            [msgspec.json.encode(message)],
+            workspace_id=workspace,
+            source_id="bench",
+            received_at=at,
+        )
         assert isinstance(event, Event), event
-        rows.append({"workspace_id": workspace, "message_id": event.message_id, "partition": 0,
-                     "received_at_ms": int(at.timestamp() * 1000), "body": encode_event(event)})  # fmt: skip
+        rows.append(
+            {
+                "workspace_id": workspace,
+                "message_id": event.message_id,
+                "partition": 0,
+                "received_at_ms": int(at.timestamp() * 1000),
+                "body": encode_event(event),
+            }
+        )
     with store.engine.begin() as conn:
         for start in range(0, len(rows), 5000):
             conn.execute(sa.insert(event_log), rows[start : start + 5000])
@@ -141,8 +193,10 @@ def main() -> None:
         url = args.store or f"sqlite:///{Path(tmp) / 'bench.db'}"
         started = time.perf_counter()
         events = write_log(url, args.visitors)
-        print(f"log: {events:,} events from {args.visitors:,} visitors "
-              f"(written in {time.perf_counter() - started:.1f} s)")  # fmt: skip
+        print(
+            f"log: {events:,} events from {args.visitors:,} visitors "
+            f"(written in {time.perf_counter() - started:.1f} s)"
+        )
         engine = SqlStore(url).engine
 
         def baseline() -> None:
@@ -164,15 +218,21 @@ def main() -> None:
         wall = statistics.median(r[0] for r in runs)
         cpu = statistics.median(r[1] for r in runs)
         base_wall = statistics.median(b[0] for b in base)
-        print(f"processed: {counters.get('profiles_created', 0):,} profiles created, "
-              f"{counters.get('merges', 0):,} merges, "
-              f"{counters.get('sessions_synthesised', 0):,} session ends synthesised, "
-              f"{counters.get('minimised', 0):,} events minimised")  # fmt: skip
-        print(f"processor: {events / wall:,.0f} events/s (median of {args.repeat}: "
-              f"{', '.join(f'{events / r[0]:,.0f}' for r in runs)}), "
-              f"{cpu / events * 1e6:.1f} CPU-µs/event")  # fmt: skip
-        print(f"baseline (read + decode only): {events / base_wall:,.0f} events/s, "
-              f"{base_wall / events * 1e6:.1f} µs/event")  # fmt: skip
+        print(
+            f"processed: {counters.get('profiles_created', 0):,} profiles created, "
+            f"{counters.get('merges', 0):,} merges, "
+            f"{counters.get('sessions_synthesised', 0):,} session ends synthesised, "
+            f"{counters.get('minimised', 0):,} events minimised"
+        )
+        print(
+            f"processor: {events / wall:,.0f} events/s (median of {args.repeat}: "
+            f"{', '.join(f'{events / r[0]:,.0f}' for r in runs)}), "
+            f"{cpu / events * 1e6:.1f} CPU-µs/event"
+        )
+        print(
+            f"baseline (read + decode only): {events / base_wall:,.0f} events/s, "
+            f"{base_wall / events * 1e6:.1f} µs/event"
+        )
         print(f"ratio processor/baseline throughput: {base_wall / wall:.2f}")
         engine.dispose()
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-
 from bench.process import visitor
+
 from tests.processor.harness import Harness
 from worldflow.processing import replay
 from worldflow.store.schema import identities, processor_state, profile_merges, profiles
