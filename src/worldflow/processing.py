@@ -45,25 +45,34 @@ class PartitionBusyError(RuntimeError):
 
 
 @contextmanager
-def owning(engine: Engine, partitions: Sequence[int]) -> Any:
-    """Hold the partitions' ownership for the duration of the block."""
+def owning(engine: Engine, partitions: Sequence[int], wait_s: float = 0) -> Any:
+    """Hold the partitions' ownership for the duration of the block, waiting up to ``wait_s``
+    for a previous owner to let go (a killed server's processor notices within a second)."""
+    deadline = time.monotonic() + wait_s
     with ExitStack() as stack:
-        if engine.dialect.name == "postgresql":
-            conn = stack.enter_context(engine.connect())
-            for partition in partitions:
-                key = 0x57F1_0000 + partition
-                if not conn.execute(sa.text(f"SELECT pg_try_advisory_lock({key})")).scalar():
+        conn = (
+            stack.enter_context(engine.connect()) if engine.dialect.name == "postgresql" else None
+        )
+        db = Path(str(engine.url.database))
+        for partition in partitions:
+            while True:
+                if conn is not None:
+                    key = 0x57F1_0000 + partition
+                    taken = conn.execute(sa.text(f"SELECT pg_try_advisory_lock({key})")).scalar()
+                else:
+                    handle = stack.enter_context(
+                        (db.parent / f"{db.name}.p{partition}.lock").open("w")
+                    )
+                    try:
+                        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                        taken = True
+                    except BlockingIOError:
+                        taken = False
+                if taken:
+                    break
+                if time.monotonic() >= deadline:
                     raise PartitionBusyError(f"partition {partition} is owned by another processor")
-        else:
-            db = Path(str(engine.url.database))
-            for partition in partitions:
-                handle = stack.enter_context((db.parent / f"{db.name}.p{partition}.lock").open("w"))
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    raise PartitionBusyError(
-                        f"partition {partition} is owned by another processor"
-                    ) from None
+                time.sleep(0.1)
         yield
 
 
@@ -93,11 +102,12 @@ def run(
     writer_address: str | None,
     stop: threading.Event,
     on_step: Callable[[Processor, int], None] | None = None,
+    wait_s: float = 30,
 ) -> None:
     """The processor loop until ``stop`` is set; commits what it applied before returning."""
     engine = create_store_engine(store_url)
     try:
-        with owning(engine, partitions):
+        with owning(engine, partitions, wait_s):
             processor = build(engine, partitions)
             tune_gc()
             asyncio.run(_loop(processor, engine, writer_address, stop, on_step))

@@ -1,0 +1,103 @@
+"""The processor inside `worldflow serve`: real clients in, profiles out through the API."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+from segment.analytics.client import Client as SegmentClient
+
+from tests.collect.test_crash import Sender
+from tests.conftest import ServerProcess
+
+
+def wait_processed(server: ServerProcess, timeout: float = 30) -> dict[str, Any]:
+    """Wait until the processor has applied the whole log."""
+    deadline = time.monotonic() + timeout
+    with server.admin() as admin:
+        while True:
+            status: dict[str, Any] = admin.get("/v1/processor").json()
+            partition = status["partitions"].get("0")
+            if partition and partition["lag"] == 0 and status["log_end_offset"] > 0:
+                return status
+            assert time.monotonic() < deadline, status
+            time.sleep(0.05)
+
+
+def test_one_profile_across_worlds_through_the_api(server: ServerProcess) -> None:
+    client = SegmentClient(server.write_key, host=server.url, sync_mode=True)
+    quest = {"world": {"id": "paris-showroom"}, "session_id": "q1", "device": {"id": "quest-7"}}
+    roblox = {"world": {"id": "neo-tokyo"}, "session_id": "r1"}
+    shoe = {"object_id": "paris/sneakers/runner", "product": {"sku": "SNK-RUN"}}
+    client.track(anonymous_id="quest-anon", event="object.viewed", context=quest,
+                 properties={"obj": shoe, "view_ms": 2400})  # fmt: skip
+    client.track(anonymous_id="roblox-anon", event="zone.entered", context=roblox,
+                 properties={"zone_id": "arena"})  # fmt: skip
+    client.identify(user_id="ada", anonymous_id="quest-anon",
+                    traits={"email": "ada@example.com", "plan": "vip"})  # fmt: skip
+    client.identify(user_id="ada", anonymous_id="roblox-anon")
+    client.flush()
+    wait_processed(server)
+    with server.admin() as admin:
+        profile = admin.get("/v1/profiles/by/user_id/ada").json()
+        assert set(profile["stats"]["worlds"]) >= {"paris-showroom", "neo-tokyo"}
+        paris = profile["stats"]["worlds"]["paris-showroom"]
+        assert paris["products"]["SNK-RUN"]["views"] == 1
+        assert profile["traits"] == {"email": "ada@example.com", "plan": "vip"}
+        assert len(profile["merged_from"]) == 1
+        for path in ("/v1/profiles/by/anonymous_id/roblox-anon",
+                     "/v1/profiles/by/email/ADA@example.com",
+                     "/v1/profiles/by/device_id/quest-7",
+                     f"/v1/profiles/{profile['merged_from'][0]}"):  # fmt: skip
+            assert admin.get(path).json()["id"] == profile["id"], path
+        found = admin.get("/v1/profiles", params={"trait": "plan", "value": "vip"}).json()
+        assert [p["id"] for p in found["profiles"]] == [profile["id"]]
+        missing = admin.get("/v1/profiles/by/user_id/nobody")
+        assert missing.status_code == 404
+        assert missing.json()["code"] == "profile_not_found"
+        bad = admin.get("/v1/profiles/by/shoe_size/42")
+        assert bad.status_code == 400
+        assert "identity_type" in bad.json()["message"]
+        bad = admin.get("/v1/profiles", params={"trait": "a b", "value": "x"})
+        assert bad.status_code == 400
+        assert "trait" in bad.json()["message"]
+    # Reads need a token with the read scope.
+    assert httpx.get(f"{server.url}/v1/profiles/by/user_id/ada").status_code == 401
+    spec = httpx.get(f"{server.url}/openapi.json").json()
+    assert "/v1/profiles/by/{identity_type}/{value}" in spec["paths"]
+
+
+def test_sigkill_mid_traffic_then_every_event_is_applied_once(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data").start()
+    sender = Sender(server, batch_size=50)
+    sender.start()
+    time.sleep(1.5)
+    # Kill every process of the server at once: workers, log writer, processor, mid-batch.
+    assert server.proc is not None
+    family = [server.proc.pid, *(c.pid for c in psutil.Process(server.proc.pid).children(True))]
+    assert len(family) >= 3
+    for pid in family[1:]:
+        os.kill(pid, signal.SIGKILL)
+    server.stop(signal.SIGKILL)
+    time.sleep(0.3)
+    server.start()
+    time.sleep(1.0)
+    sender.stop.set()
+    sender.join(10)
+    try:
+        wait_processed(server)
+        logged = [e for e in server.log_events() if e["event"]["message_id"].startswith("crash-")]
+        assert len(logged) >= len(sender.acked) > 0
+        with server.admin() as admin:
+            profiles = [admin.get(f"/v1/profiles/by/user_id/u{i}").json() for i in range(7)]
+            status = admin.get("/v1/processor").json()
+        applied = sum(p["stats"]["counters"]["events"] for p in profiles)
+        assert applied == len(logged)  # not one lost, not one applied twice
+        assert status["partitions"]["0"]["counters"]["events"] == len(logged)
+    finally:
+        server.stop()
