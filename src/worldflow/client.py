@@ -108,7 +108,9 @@ class Client:
     Thread-safe. Counters (read them after ``flush()``): ``queued`` messages taken into the
     queue, ``sent`` messages in batches the server answered, of which ``accepted``,
     ``duplicates`` and ``rejected`` (quarantined, details in ``rejections``), and ``failed``
-    messages given up on (refused batch, retries exhausted, queue full, client closed).
+    messages given up on (refused batch, retries exhausted, queue full, client closed), and
+    ``retries`` (attempts repeated). ``on_error(error, batch)`` hears of every failed message,
+    on the delivery thread (on the caller's for a full queue or a closed client).
 
     With ``block=True`` a full queue makes the caller wait for room instead of dropping the
     message, which suits bulk senders such as the simulator.
@@ -167,6 +169,8 @@ class Client:
         self._flush_target = 0
         self._closing = False
         self._closed = False
+        self._discard = False
+        self._wake = threading.Event()  # cuts a retry's backoff short on close(discard=True)
         self._conn: http.client.HTTPConnection | None = None
         self._jitter = random.Random()
         self._thread = threading.Thread(target=self._run, name="worldflow-client", daemon=True)
@@ -315,17 +319,18 @@ class Client:
                 code = "closed" if self._closing else "queue_full"
                 reason = "the client is closed" if self._closing else "the queue is full"
                 error: DeliveryError | None = DeliveryError(None, code, reason)
+                self.failed += 1
             else:
                 error = None
-                if not self._pending:
+                first = not self._pending
+                if first:
                     self._oldest = time.monotonic()
                 self._pending.append(item)
                 self.queued += 1
-                if len(self._pending) >= self.max_batch:
+                # Wake the thread to start the interval's clock, or to send a full batch.
+                if first or len(self._pending) >= self.max_batch:
                     self._cond.notify_all()
         if error is not None:
-            with self._cond:
-                self.failed += 1
             self._report(error, [item])
             return False
         return True
@@ -340,19 +345,48 @@ class Client:
             self._cond.notify_all()
             return self._cond.wait_for(lambda: self._settled >= target, timeout)
 
-    def close(self, timeout: float | None = None) -> bool:
-        """Deliver what is queued, then stop the thread; later calls are counted as failed."""
+    def close(self, timeout: float | None = None, *, discard: bool = False) -> bool:
+        """Deliver what is queued, then stop the thread; later calls are counted as failed.
+
+        ``discard=True`` gives up instead: queued messages and the batch being retried are
+        counted as failed and reported (for a server known to be gone). Returns False if the
+        thread was still busy after ``timeout`` seconds."""
+        dropped: list[_Pending] = []
         with self._cond:
             if self._closed:
-                return not self._pending
+                return True
             self._closing = True
+            if discard:
+                self._discard = True
+                dropped = list(self._pending)
+                self._pending.clear()
+                self.failed += len(dropped)
+                self._settled += len(dropped)
             self._cond.notify_all()
+        if discard:
+            self._wake.set()
+            if dropped:
+                self._report(DeliveryError(None, "discarded", "the client closed"), dropped)
         self._thread.join(timeout)
         done = not self._thread.is_alive()
         if done:
             self._closed = True
             atexit.unregister(self._at_exit)
         return done
+
+    def ping(self) -> None:
+        """Check the host and write key with an empty batch, once, without retrying.
+
+        Raises :class:`DeliveryError` when the server is unreachable or refuses the key."""
+        conn = self._new_connection()
+        try:
+            status, _, answer, error = self._post([], conn)
+        finally:
+            conn.close()
+        if error is not None:
+            raise error
+        if not 200 <= status < 300:
+            raise _http_error(status, answer)
 
     def _at_exit(self) -> None:
         if not self.close(EXIT_TIMEOUT_S):
@@ -442,7 +476,7 @@ class Client:
                 self._settle(batch, answer=answer if isinstance(answer, dict) else {})
                 return
             retryable = error is not None or status == 429 or status >= 500
-            if not retryable or attempt >= self.max_retries:
+            if not retryable or attempt >= self.max_retries or self._discard:
                 final = error or _http_error(status, answer)
                 if retryable:
                     reason = f"gave up after {attempt} retries: {final}"
@@ -458,7 +492,7 @@ class Client:
             with self._cond:
                 self.retries += 1
             log.debug("worldflow client: retry %d in %.2fs (%s)", attempt, delay, error or status)
-            time.sleep(delay)
+            self._wake.wait(delay)
 
     def _backoff(self, attempt: int) -> float:
         # Full jitter keeps many clients that failed together from retrying together.
@@ -466,8 +500,9 @@ class Client:
         return self._jitter.uniform(ceiling / 2, ceiling)
 
     def _post(
-        self, batch: list[_Pending]
+        self, batch: list[_Pending], conn: http.client.HTTPConnection | None = None
     ) -> tuple[int, Mapping[str, str], Any, DeliveryError | None]:
+        """POST a batch on ``conn``, or on the delivery thread's kept-alive connection."""
         body = (
             '{"batch":[' + ",".join(p.encoded for p in batch) + f'],"sentAt":"{iso_timestamp()}"}}'
         ).encode()
@@ -479,16 +514,18 @@ class Client:
         if self.gzip:
             body = gzip_codec.compress(body)
             headers["Content-Encoding"] = "gzip"
+        shared = conn is None
         try:
-            conn = self._connection()
+            conn = conn or self._connection()
             conn.request("POST", self._path, body, headers)
             response = conn.getresponse()
             raw = response.read()
             reply_headers = {k.lower(): v for k, v in response.getheaders()}
-            if response.getheader("connection", "").lower() == "close":
+            if shared and response.getheader("connection", "").lower() == "close":
                 self._disconnect()
         except (OSError, http.client.HTTPException) as exc:
-            self._disconnect()
+            if shared:
+                self._disconnect()
             return 0, {}, None, DeliveryError(None, "network", f"{type(exc).__name__}: {exc}")
         try:
             answer = json.loads(raw) if raw else None
@@ -496,13 +533,15 @@ class Client:
             answer = None
         return response.status, reply_headers, answer, None
 
+    def _new_connection(self) -> http.client.HTTPConnection:
+        if self._scheme == "https":
+            return http.client.HTTPSConnection(self._netloc, timeout=self.timeout)
+        return http.client.HTTPConnection(self._netloc, timeout=self.timeout)
+
     def _connection(self) -> http.client.HTTPConnection:
         # One kept-alive connection, used only by the delivery thread.
         if self._conn is None:
-            if self._scheme == "https":
-                self._conn = http.client.HTTPSConnection(self._netloc, timeout=self.timeout)
-            else:
-                self._conn = http.client.HTTPConnection(self._netloc, timeout=self.timeout)
+            self._conn = self._new_connection()
         return self._conn
 
     def _disconnect(self) -> None:
