@@ -119,7 +119,8 @@ async def run_batch(args: argparse.Namespace) -> dict[str, object]:
 
 async def run_rate(args: argparse.Namespace) -> dict[str, object]:
     """Open loop at a fixed request rate; latency is measured from the scheduled send time, so a
-    stalled server shows up in the figures instead of slowing the generator down."""
+    stalled server shows up in the figures instead of slowing the generator down. With
+    ``--per-request N`` (N > 1) each request is a Segment batch of N events to /v1/batch."""
     auth = base64.b64encode(f"{args.write_key}:".encode()).decode()
     prefix = uuid.uuid4().hex[:8]
     total = int(args.rate * args.seconds)
@@ -127,6 +128,7 @@ async def run_rate(args: argparse.Namespace) -> dict[str, object]:
     queue: asyncio.Queue[tuple[int, float]] = asyncio.Queue()
     latencies: list[float] = []
     counts = {"requests": 0, "errors": 0}
+    batches = Batches(prefix, args.per_request) if args.per_request > 1 else None
 
     async def worker() -> None:
         reader, writer = await asyncio.open_connection("127.0.0.1", args.port)
@@ -134,8 +136,11 @@ async def run_rate(args: argparse.Namespace) -> dict[str, object]:
             seq, scheduled = await queue.get()
             if seq < 0:
                 break
-            event = EVENT % {"u": seq % 5000, "id": f"{prefix}-{seq}", "o": seq % 40, "d": seq}
-            writer.write(request_bytes("/v1/track", event.encode(), auth))
+            if batches is not None:
+                writer.write(request_bytes("/v1/batch", batches.body(seq), auth))
+            else:
+                event = EVENT % {"u": seq % 5000, "id": f"{prefix}-{seq}", "o": seq % 40, "d": seq}
+                writer.write(request_bytes("/v1/track", event.encode(), auth))
             status = await read_response(reader)
             latencies.append(time.perf_counter() - scheduled)
             counts["requests"] += 1
@@ -175,6 +180,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--batch", type=int, default=100)
     parser.add_argument("--rate", type=float, default=2000)
+    parser.add_argument("--per-request", type=int, default=1, help="rate mode: events per request")
     parser.add_argument("--path", default="/v1/batch")
     parser.add_argument("--write-key", default=os.environ.get("WORLDFLOW_WRITE_KEY", "bench"))
     args = parser.parse_args()

@@ -43,6 +43,7 @@ from worldflow.profiles.model import Profile, Session
 
 log = logging.getLogger(__name__)
 
+_encode = msgspec.json.Encoder().encode
 TICK_WORKSPACE = "_system"  # log entries of this workspace are clock ticks, not events
 
 IdentityKey = tuple[str, str, str]  # (workspace, type, value)
@@ -194,11 +195,14 @@ class Processor:
                 self._count(entry.partition, "unreadable")
                 decoded.append((entry, None, []))
         self._prefetch([(event, ids) for _, event, ids in decoded if event is not None])
+        timers = self._timers
         for entry, maybe_event, ids in decoded:
-            self._advance_clock(entry.partition, entry.received_at_ms, entry.offset)
+            state = self.state[entry.partition]
+            state.stream_time_ms = max(state.stream_time_ms, entry.received_at_ms)
+            if timers and timers[0][0] <= state.stream_time_ms:
+                self._fire_timers(entry.partition, state.stream_time_ms, entry.offset)
             if maybe_event is not None:
                 self._apply(entry, maybe_event, ids)
-            state = self.state[entry.partition]
             state.offset = entry.offset
         for state in self.state.values():  # an owned partition with no entries here moves on
             state.offset = max(state.offset, entries[-1].offset)
@@ -316,8 +320,11 @@ class Processor:
         types, _ = self._settings_for(ws)
         known: list[tuple[Identity, str]] = []
         unknown: list[Identity] = []
+        cached, profiles = self.identities, self.profiles
         for identity in self._identities(event, ids):
-            profile_id = self._resolve_id((ws, *identity))
+            profile_id = cached.get((ws, *identity))
+            if profile_id is None or profile_id not in profiles:
+                profile_id = self._resolve_id((ws, *identity))
             if profile_id is None:
                 unknown.append(identity)
             else:
@@ -403,10 +410,7 @@ class Processor:
             self._scheduled[profile_id] = due
             heapq.heappush(self._timers, (due, profile_id))
 
-    def _advance_clock(self, partition: int, now: int, offset: int) -> None:
-        state = self.state[partition]
-        state.stream_time_ms = max(state.stream_time_ms, now)
-        now = state.stream_time_ms
+    def _fire_timers(self, partition: int, now: int, offset: int) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
             due, profile_id = heapq.heappop(timers)
@@ -436,6 +440,9 @@ class Processor:
             self._count(partition, gate.verdict(3, spec, {}, _NOBODY, raw_telemetry).value)
             return
         profile = self._resolve(entry, event, ids, at)
+        profiles = self.profiles
+        del profiles[profile.id]  # most recently used goes last
+        profiles[profile.id] = profile
         profile.first_seen = min(profile.first_seen, at)
         profile.last_seen = max(profile.last_seen, at)
         counters = profile.counters
@@ -444,7 +451,9 @@ class Processor:
         if name == "consent.updated":
             model.set_consent(profile, event.properties, at)
         properties = event.properties
-        verdict = gate.verdict(event.tier, spec, properties, profile, raw_telemetry)
+        verdict = gate.Verdict.KEEP
+        if event.tier > 1 or profile.consent:  # nobody's consent matters to the rest
+            verdict = gate.verdict(event.tier, spec, properties, profile, raw_telemetry)
         if verdict is not gate.Verdict.KEEP:
             self._count(partition, verdict.value)
             counters[verdict.value] = counters.get(verdict.value, 0) + 1
@@ -474,7 +483,8 @@ class Processor:
         recent = profile.recent
         recent.append(model.Recent(
             offset=entry.offset, message_id=event.message_id, type=event.type, at=at, name=name,
-            world=world_id, properties=gate.for_history(spec, properties, entry.body),
+            world=world_id,
+            properties=msgspec.Raw(_encode(gate.for_history(spec, properties, entry.body))),
         ))  # fmt: skip
         if len(recent) > model.RECENT_EVENTS:
             del recent[0]
@@ -527,8 +537,8 @@ class Processor:
             profile.recent.append(model.Recent(
                 offset=offset, message_id=f"synthetic:{session.id}", type="track",
                 at=session.last, name="session.ended", world=session.world,
-                properties={"session_id": session.id, "duration_ms": duration,
-                            "reason": "timeout", "synthetic": True},
+                properties=msgspec.Raw(_encode({"session_id": session.id, "duration_ms": duration,
+                                                "reason": "timeout", "synthetic": True})),
             ))  # fmt: skip
             if len(profile.recent) > model.RECENT_EVENTS:
                 del profile.recent[0]

@@ -37,6 +37,7 @@ from worldflow.store.sql import create_store_engine
 log = logging.getLogger(__name__)
 
 POLL_S = 0.01  # idle poll interval: bounds the added end-to-end latency
+GATHER_S = 0.02  # after a small batch, let the next one gather: fewer commits under load
 TICK_AFTER_MS = 1000  # an idle log gets a tick once a timer is this overdue
 
 
@@ -105,7 +106,7 @@ def run(
     wait_s: float = 30,
 ) -> None:
     """The processor loop until ``stop`` is set; commits what it applied before returning."""
-    engine = create_store_engine(store_url)
+    engine = create_store_engine(store_url, derived_only=True)
     try:
         with owning(engine, partitions, wait_s):
             processor = build(engine, partitions)
@@ -131,7 +132,10 @@ async def _loop(
             n = processor.step()
             if on_step is not None:
                 on_step(processor, n)
+            if n >= processor.batch_size // 4:
+                continue  # a backlog: keep going
             if n:
+                await asyncio.sleep(GATHER_S)
                 continue
             due = processor.next_timer_ms()
             now = time.time_ns() // 1_000_000
@@ -212,7 +216,7 @@ class ProcessorProcess:
 def replay(store_url: str, partitions: Sequence[int] = (0,),
            on_progress: Callable[[int, int], None] | None = None) -> dict[str, int]:  # fmt: skip
     """Forget all derived state and rebuild it from the whole log; returns the counters."""
-    engine = create_store_engine(store_url)
+    engine = create_store_engine(store_url, derived_only=True)
     try:
         with owning(engine, partitions):
             store = SqlProfileStore(engine)

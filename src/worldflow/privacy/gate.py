@@ -89,4 +89,4 @@ def for_history(spec: EventSpec | None, properties: dict[str, Any], raw: bytes) 
         return {
             k: v for k, v in properties.items() if k not in personal and k not in _PERSONAL_KEYS
         }
-    return dict(properties)
+    return properties

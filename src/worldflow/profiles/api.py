@@ -39,7 +39,9 @@ def _times(value: Any) -> Any:
 
 
 def profile_json(profile: Profile) -> dict[str, Any]:
-    data = msgspec.to_builtins(profile)
+    data = msgspec.to_builtins(
+        {"consent": profile.consent, "worlds": profile.worlds, "sessions": profile.sessions}
+    )
     return {
         "id": profile.id,
         "traits": profile.traits,
@@ -52,7 +54,15 @@ def profile_json(profile: Profile) -> dict[str, Any]:
             "worlds": _times(data.get("worlds", {})),
             "open_sessions": _times(list(data.get("sessions", {}).values())),
         },
-        "recent_events": _times(data.get("recent", []))[::-1],  # newest first
+        "recent_events": [  # newest first
+            _times(
+                {
+                    **{f: getattr(r, f) for f in r.__struct_fields__ if getattr(r, f) is not None},
+                    "properties": r.decoded_properties(),
+                }
+            )
+            for r in reversed(profile.recent)
+        ],
         "merged_from": profile.merged_from,
     }
 

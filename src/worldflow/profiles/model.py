@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-RECENT_EVENTS = 20
+RECENT_EVENTS = 10
 SESSION_IDLE_MS = 30 * 60 * 1000
 MAX_KEYS = 200  # per map of zones, objects or products in one world: the most engaged stay
 
@@ -83,8 +83,10 @@ class World(msgspec.Struct, omit_defaults=True):
     products: dict[str, Engagement] = {}  # by SKU
 
 
-class Recent(msgspec.Struct, omit_defaults=True):
-    """One recent event, minimised: no traits, no PII fields, e-mail addresses hashed."""
+class Recent(msgspec.Struct, omit_defaults=True, gc=False):
+    """One recent event, minimised: no traits, no PII fields, e-mail addresses hashed. Its
+    properties stay encoded (JSON): a profile is written far more often than it is read, and a
+    few bytes objects cost less to keep and to write than a tree of small dicts."""
 
     offset: int
     message_id: str
@@ -92,7 +94,11 @@ class Recent(msgspec.Struct, omit_defaults=True):
     at: int
     name: str | None = None
     world: str | None = None
-    properties: dict[str, Any] = {}
+    properties: msgspec.Raw = msgspec.Raw(b"{}")
+
+    def decoded_properties(self) -> dict[str, Any]:
+        value: dict[str, Any] = msgspec.json.decode(self.properties)
+        return value
 
 
 class Profile(msgspec.Struct, omit_defaults=True):

@@ -73,7 +73,10 @@ class Bootstrap:
     admin_token: str | None
 
 
-def create_store_engine(url: str) -> Engine:
+def create_store_engine(url: str, derived_only: bool = False) -> Engine:
+    """An engine for the store. ``derived_only``: this engine writes only state that replay can
+    rebuild from the log (the processor), so on SQLite its commits need not wait for fsync: a
+    power cut loses at most its last commits, state and offset together, and it re-reads them."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
@@ -83,12 +86,17 @@ def create_store_engine(url: str) -> Engine:
             cursor = dbapi_connection.cursor()
             cursor.execute("PRAGMA journal_mode=WAL")
             # FULL: every commit is fsynced, so an acknowledged event survives power loss too.
-            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA synchronous=" + ("NORMAL" if derived_only else "FULL"))
+            if derived_only:  # the log writer checkpoints the WAL on a thread of its own
+                cursor.execute("PRAGMA wal_autocheckpoint=0")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
 
         return engine
+    if derived_only:  # the same trade on PostgreSQL, for this engine's sessions only
+        return sa.create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
+                                connect_args={"options": "-c synchronous_commit=off"})  # fmt: skip
     return sa.create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=8)
 
 
