@@ -78,8 +78,19 @@ def main() -> None:
     args = parser.parse_args()
     with worldflow_server() as (port, pid):
         load: dict[str, float] = {}
-        command = ["rate", "--port", str(port), "--seconds", str(args.seconds + 2),
-                   "--rate", str(args.rate / 100), "--per-request", "100", "--connections", "8"]  # fmt: skip
+        command = [
+            "rate",
+            "--port",
+            str(port),
+            "--seconds",
+            str(args.seconds + 2),
+            "--rate",
+            str(args.rate / 100),
+            "--per-request",
+            "100",
+            "--connections",
+            "8",
+        ]
         thread = threading.Thread(target=lambda: load.update(loadgen(*command)))
         thread.start()
         time.sleep(2)  # let the load settle
