@@ -15,6 +15,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from worldflow.metrics import latency_quantiles
+
 WRITE_KEY = "wk_bench"
 ADMIN_TOKEN = "wat_bench"
 
@@ -86,31 +88,14 @@ def worldflow_server(
 
 
 def server_latency_ms(port: int, route: str) -> dict[str, float]:
-    """p50/p99 of one route from the server's own latency histogram (linear within buckets)."""
+    """p50/p99 of one route from the server's own latency histogram."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
         text = resp.read().decode()
-    buckets: list[tuple[float, float]] = []
-    for line in text.splitlines():
-        if line.startswith("worldflow_http_request_duration_seconds_bucket") and (
-            f'route="{route}"' in line and 'status="200"' in line
-        ):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    buckets.sort()
-    total = buckets[-1][1]
-
-    def quantile(q: float) -> float:
-        lower_bound, lower_count = 0.0, 0.0
-        for bound, count in buckets:
-            if count >= q * total:
-                if bound == float("inf"):
-                    return lower_bound * 1000
-                share = (q * total - lower_count) / max(count - lower_count, 1)
-                return (lower_bound + share * (bound - lower_bound)) * 1000
-            lower_bound, lower_count = bound, count
-        return float("nan")
-
-    return {"p50_ms": quantile(0.5), "p99_ms": quantile(0.99), "count": total}
+    p50, p99 = latency_quantiles(text, route)
+    count = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith("worldflow_http_request_duration_seconds_count")
+                and f'route="{route}"' in line and 'status="200"' in line)  # fmt: skip
+    return {"p50_ms": p50, "p99_ms": p99, "count": count}
 
 
 @contextmanager

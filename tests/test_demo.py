@@ -11,10 +11,12 @@ from tests.conftest import free_port
 
 def test_demo_runs_to_completion(tmp_path: Path) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "worldflow.demo", "--no-wait", "--avatars", "5",
+        [sys.executable, "-m", "worldflow.demo", "--no-wait", "--avatars", "30", "--minutes", "30",
          "--port", str(free_port()), "--data-dir", str(tmp_path / "data")],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "accepted into the durable log" in out.stdout
+    assert "profiles" in out.stdout
+    assert "merges" in out.stdout
+    assert "One person, one profile" in out.stdout  # a profile stitched across worlds
     assert "quarantined" in out.stdout

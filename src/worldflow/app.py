@@ -163,6 +163,10 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         svc: Services = request.app.state.services
         svc.metrics.log_pending.set(svc.log.pending_events)
         svc.metrics.log_end_offset.set(svc.log.end_offset())
+        for partition, state in (await run_in_threadpool(svc.profiles.processor_states)).items():
+            svc.metrics.processor_offset.labels(str(partition)).set(state.offset)
+            for name, count in state.counters.items():
+                svc.metrics.processor_counts.labels(str(partition), name).set(count)
         registry = svc.metrics.registry
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # several workers: add up their files
             registry = CollectorRegistry()

@@ -218,6 +218,26 @@ def replay(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreOp
 
 
 @app.command()
+def simulate(
+    url: Annotated[str, typer.Option(help="Worldflow server")] = "http://127.0.0.1:8080",
+    write_key: Annotated[
+        str, typer.Option(envvar="WORLDFLOW_WRITE_KEY", help="A source's write key")
+    ] = "",
+    avatars: Annotated[int, typer.Option(help="Visitors to simulate")] = 100,
+    minutes: Annotated[float, typer.Option(help="Simulated time, ending now")] = 60,
+    seed: Annotated[int, typer.Option(help="Same seed, same visitors")] = 7,
+    rate: Annotated[float | None, typer.Option(help="Cap on events per second")] = None,
+) -> None:
+    """Send realistic traffic from simulated visitors of the example worlds."""
+    from worldflow.simulate import simulate_command
+
+    if not write_key:
+        console.print("[red]error:[/red] --write-key (or WORLDFLOW_WRITE_KEY) is required")
+        raise typer.Exit(2)
+    simulate_command(url, write_key, avatars, minutes, seed, rate)
+
+
+@app.command()
 def version() -> None:
     """Print the version."""
     typer.echo(__version__)

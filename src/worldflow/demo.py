@@ -1,185 +1,225 @@
-"""``make demo``: start the embedded server, send a showroom's worth of traffic, show what landed.
+"""``make demo``: the embedded server, two hours of simulated visitors across the example worlds,
+and what Worldflow made of them: one profile per person, stitched across worlds and devices.
 
-Run with ``python -m worldflow.demo [--port 8080] [--data-dir .worldflow] [--no-wait]``. The
-traffic goes through the same public APIs a world would use: a Segment batch, single calls,
-CloudEvents and the WebSocket stream, plus a few malformed events that end in the quarantine.
+Run with ``python -m worldflow.demo [--avatars 1000] [--minutes 120] [--port 8080]
+[--data-dir .worldflow] [--no-wait]``. The traffic goes through the public Segment-compatible
+API, exactly as a world's SDK would send it (see ``worldflow.simulate``).
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
-import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
 from rich.table import Table
+
+from worldflow.metrics import latency_quantiles
+from worldflow.simulate import SimulationReport, run
 
 # Fixed, local-only demo secrets so the printed curl examples work.
 WRITE_KEY = "wk_demo_showroom"
 ADMIN_TOKEN = "wat_demo_admin"  # noqa: S105
-ZONES = ["lobby", "sneakers", "jackets", "checkout"]
-PRODUCTS = {"sneakers": ["SNK-RUNNER", "SNK-TRAIL"], "jackets": ["JKT-RAIN", "JKT-DOWN"]}
 
 console = Console()
 
 
-def _request(
-    url: str, body: Any = None, *, auth: str = "basic", content_type: str = "application/json"
-) -> tuple[int, Any]:
-    data = None if body is None else json.dumps(body).encode()
-    headers = {"Content-Type": content_type}
-    if auth == "basic":
-        headers["Authorization"] = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
-    else:
-        headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
-    req = urllib.request.Request(url, data=data, headers=headers)  # noqa: S310 - local URL
-    try:
-        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
-            return resp.status, json.loads(resp.read() or b"null")
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read() or b"null")
+def _get(url: str, *, admin: bool = True) -> Any:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"} if admin else {}
+    request = urllib.request.Request(url, headers=headers)  # noqa: S310 - local URL
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        body = resp.read()
+    return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
 
 
-def visit(avatar: int, rng: random.Random) -> list[dict[str, Any]]:
-    """One avatar's visit to the Paris showroom, as Segment track calls."""
-    user = f"avatar-{avatar}"
-    context = {"world": {"id": "paris-showroom", "scene": "main"}, "platform": "webxr",
-               "device_class": rng.choice(["hmd", "desktop", "mobile"])}  # fmt: skip
-
-    def track(event: str, **properties: Any) -> dict[str, Any]:
-        return {"type": "track", "event": event, "anonymousId": user, "context": context,
-                "messageId": str(uuid.uuid4()), "properties": properties}  # fmt: skip
-
-    calls = [track("session.started", entry_point=rng.choice(["direct", "portal", "campaign"]))]
-    for zone in rng.sample(ZONES, k=rng.randint(2, 4)):
-        calls.append(track("zone.entered", zone_id=zone, zone_type="showroom"))
-        for sku in PRODUCTS.get(zone, []):
-            obj = {"object_id": f"{zone}/{sku}", "product": {"sku": sku}}
-            calls.append(track("object.gaze_dwell", obj=obj, source="head",
-                               dwell_ms=rng.randint(300, 9000)))  # fmt: skip
-            if rng.random() < 0.4:
-                calls.append(track("product.tried_on", obj=obj, slot="feet",
-                                   duration_ms=rng.randint(2000, 30000)))  # fmt: skip
-        calls.append(track("zone.exited", zone_id=zone, dwell_ms=rng.randint(5000, 120000)))
-    if rng.random() < 0.3:
-        calls.append({"type": "track", "event": "Order Completed", "anonymousId": user,
-                      "messageId": str(uuid.uuid4()), "context": context,
-                      "properties": {"order_id": f"o-{avatar}", "revenue": 129.0,
-                                     "currency": "EUR",
-                                     "products": [{"product_id": "SNK-RUNNER", "price": 129.0,
-                                                   "quantity": 1}]}})  # fmt: skip
-    return calls
-
-
-def send_traffic(url: str, avatars: int) -> dict[str, int]:
-    rng = random.Random(7)
-    sent = {"batches": 0, "events": 0, "malformed": 0}
-    for avatar in range(avatars):
-        calls = visit(avatar, rng)
-        status, _ = _request(f"{url}/v1/batch", {"batch": calls})
-        assert status == 200, status
-        sent["batches"] += 1
-        sent["events"] += len(calls)
-        traits = {"plan": rng.choice(["free", "vip"])}
-        identify = {"anonymousId": f"avatar-{avatar}", "userId": f"user-{avatar}", "traits": traits}
-        _request(f"{url}/v1/identify", identify)
-        sent["events"] += 1
-    # A world server speaking CloudEvents.
-    status, _ = _request(
-        f"{url}/v1/cloudevents",
-        [{"specversion": "1.0", "id": f"ce-{i}", "source": "/worlds/paris-showroom",
-          "type": "io.worldflow.event.checked_in", "anonymousid": f"avatar-{i}",
-          "data": {"event_id": "spring-launch", "stage": "main"}} for i in range(5)],
-        content_type="application/cloudevents-batch+json",
-    )  # fmt: skip
-    sent["events"] += 5
-    # Malformed input is quarantined, never silently dropped.
-    status, answer = _request(f"{url}/v1/batch", {"batch": [
-        {"type": "track", "event": "zone.entered", "anonymousId": "x",
-         "properties": {"zone_id": 42}},
-        {"type": "track", "event": "object.viewed", "properties": {"obj": {}}},
-        {"type": "teleport", "anonymousId": "x"},
-    ]})  # fmt: skip
-    sent["malformed"] = len(answer.get("rejected", []))
-    return sent
-
-
-def metric(url: str, name: str) -> float:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:  # noqa: S310
-        text = resp.read().decode()
+def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{"))  # fmt: skip
+
+
+class Dashboard:
+    """The live view: what the simulator sent and what the server did with it."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.report = SimulationReport()
+        self.status: dict[str, Any] = {}
+        self.metrics = ""
+        self.started = time.monotonic()
+
+    def refresh(self) -> None:
+        try:
+            self.status = _get(f"{self.url}/v1/processor")
+            self.metrics = _get(f"{self.url}/metrics", admin=False).decode()
+        except (OSError, ValueError):
+            pass  # the next refresh will do
+
+    def render(self) -> Group:
+        r = self.report
+        partition = self.status.get("partitions", {}).get("0", {})
+        counters = partition.get("counters", {})
+        p99 = latency_quantiles(self.metrics, "/v1/batch", (0.99,))[0] if self.metrics else 0.0
+        table = Table(show_header=False, box=None, pad_edge=False)
+        table.add_column(style="bold cyan", justify="right")
+        table.add_column()
+        rows = [
+            ("visitors", f"{r.persons:,}  " + ", ".join(
+                f"{n} {persona}" for persona, n in sorted(r.persons_by_persona.items()))),
+            ("events sent", f"{r.sent:,}  ({r.rate:,.0f}/s)"),
+            ("accepted", f"{_metric(self.metrics, 'worldflow_events_accepted_total'):,.0f}"),
+            ("quarantined", f"{_metric(self.metrics, 'worldflow_events_quarantined_total'):,.0f}"
+                            f"  (malformed on purpose: {r.malformed})"),
+            ("ingest p99", f"{p99:.1f} ms per batch"),
+            ("processed", f"{counters.get('events', 0):,} events, lag {partition.get('lag', 0):,}"),
+            ("profiles", f"{self.status.get('profiles', 0):,}"),
+            ("merges", f"{counters.get('merges', 0):,} (devices and worlds stitched into one "
+                       f"person; {counters.get('merges_refused_unique', 0)} refused)"),
+            ("sessions", f"{counters.get('sessions_synthesised', 0):,} missing ends synthesised"),
+            ("privacy", f"{counters.get('minimised', 0):,} eye-gaze events minimised, "
+                        f"{counters.get('suppressed_no_consent', 0):,} suppressed (no consent)"),
+        ]  # fmt: skip
+        for label, value in rows:
+            table.add_row(label, value)
+        return Group(Panel(table, title="Worldflow demo: two simulated hours across three worlds"))
+
+
+def _start_server(args: argparse.Namespace, url: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
+    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
+    log = (Path(args.data_dir) / "demo-server.log").open("ab")
+    server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "worldflow", "serve", "--data-dir", args.data_dir,
+         "--port", str(args.port)],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _get(f"{url}/readyz", admin=False)
+            return server
+        except (OSError, urllib.error.HTTPError):
+            pass
+        if server.poll() is not None or time.monotonic() > deadline:
+            tail = (Path(args.data_dir) / "demo-server.log").read_text(errors="replace")[-2000:]
+            console.print(f"[red]the server did not start:[/red]\n{tail}")
+            sys.exit(1)
+        time.sleep(0.1)
+
+
+def _wait_processed(url: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        status: dict[str, Any] = _get(f"{url}/v1/processor")
+        if status["partitions"].get("0", {}).get("lag", 1) == 0 or time.monotonic() > deadline:
+            return status
+        time.sleep(0.2)
+
+
+def _stitched_person(url: str) -> dict[str, Any] | None:
+    """A profile that merged devices or worlds, to show what identity resolution did."""
+    for plan in ("vip", "plus", "free"):
+        found = _get(f"{url}/v1/profiles?trait=plan&value={plan}&limit=200")["profiles"]
+        stitched = [p for p in found if p["merged_from"] and len(p["stats"]["worlds"]) > 1]
+        if stitched:
+            best: dict[str, Any] = max(
+                stitched, key=lambda p: (len(p["stats"]["worlds"]), len(p["merged_from"]))
+            )
+            return best
+    return None
+
+
+def _show_person(person: dict[str, Any]) -> None:
+    table = Table(title=f"One person, one profile: {person['id']}", show_header=False)
+    table.add_column(style="bold")
+    table.add_column()
+    identities = "; ".join(f"{t}: {', '.join(v[:3])}" for t, v in person["identities"].items())
+    table.add_row("identities", identities)
+    table.add_row("merged from", ", ".join(person["merged_from"]))
+    table.add_row("traits", json.dumps(person["traits"], ensure_ascii=False))
+    for world, stats in person["stats"]["worlds"].items():
+        zones = ", ".join(sorted(stats.get("zones", {}))) or "-"
+        products = ", ".join(sorted(stats.get("products", {}))[:6]) or "-"
+        sessions, orders = stats.get("sessions", 0), stats.get("orders", 0)
+        table.add_row(
+            f"in {world}",
+            f"{sessions} sessions; zones {zones}; products {products}; orders {orders}",
+        )
+    consent = ", ".join(f"{k}={'yes' if v['granted'] else 'no'}"
+                        for k, v in person["consent"].items())  # fmt: skip
+    table.add_row("consent", consent or "not given yet")
+    console.print(table)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("WORLDFLOW_PORT", "8080")))
     parser.add_argument("--data-dir", default=os.environ.get("WORLDFLOW_DATA_DIR", ".worldflow"))
-    parser.add_argument("--avatars", type=int, default=40)
+    parser.add_argument("--avatars", type=int, default=1000)
+    parser.add_argument("--minutes", type=float, default=120)
     parser.add_argument("--no-wait", action="store_true", help="stop after showing the results")
     args = parser.parse_args()
     url = f"http://127.0.0.1:{args.port}"
-    env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
-    Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     with console.status("starting the Worldflow server…"):
-        server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "worldflow", "serve", "--data-dir", args.data_dir,
-             "--port", str(args.port)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if _request(f"{url}/readyz")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                err = server.stderr.read().decode() if server.stderr else ""
-                console.print(f"[red]the server did not start:[/red]\n{err[-2000:]}")
-                sys.exit(1)
-            time.sleep(0.1)
+        server = _start_server(args, url)
     try:
-        with console.status(f"sending a showroom's traffic from {args.avatars} avatars…"):
-            sent = send_traffic(url, args.avatars)
-        table = Table(title="What the server has now")
-        table.add_column("metric")
-        table.add_column("value", justify="right")
-        table.add_row("events sent", str(sent["events"]))
-        for label, name in (
-            ("accepted into the durable log", "worldflow_events_accepted_total"),
-            ("duplicates recognised", "worldflow_events_duplicate_total"),
-            ("quarantined (malformed)", "worldflow_events_quarantined_total"),
-        ):
-            table.add_row(label, f"{metric(url, name):.0f}")
-        console.print(table)
-        _, log = _request(f"{url}/v1/log?limit=1&after=2", auth="bearer")
-        console.print("One canonical event from the log:")
-        console.print_json(json.dumps(log["events"][0]["event"]))
-        _, quarantine = _request(f"{url}/v1/quarantine?limit=3", auth="bearer")
-        for item in quarantine["items"]:
+        dashboard = Dashboard(url)
+        done = threading.Event()
+
+        def simulate() -> None:
+            try:
+                dashboard.report = run(
+                    url, WRITE_KEY, args.avatars, args.minutes,
+                    on_progress=lambda r: setattr(dashboard, "report", r),
+                )  # fmt: skip
+            finally:
+                done.set()
+
+        threading.Thread(target=simulate, daemon=True).start()
+        with Live(dashboard.render(), console=console, refresh_per_second=4) as live:
+            while not done.wait(0.5):
+                dashboard.refresh()
+                live.update(dashboard.render())
+            _wait_processed(url)
+            dashboard.refresh()
+            live.update(dashboard.render())
+        if dashboard.report.error:
+            console.print(f"[red]the simulation stopped: {dashboard.report.error}[/red]")
+            sys.exit(1)
+        person = _stitched_person(url)
+        if person is not None:
+            console.print()
+            _show_person(person)
+        quarantine = _get(f"{url}/v1/quarantine?limit=2")["items"]
+        for item in quarantine:
             reasons = "; ".join(f"{e['field']}: {e['message']}" for e in item["errors"])
             console.print(f"[yellow]quarantined[/yellow] {item['code']}: {reasons}")
         bearer = f"-H 'Authorization: Bearer {ADMIN_TOKEN}'"
+        someone = person["id"] if person else "<profile id>"
+        user = (person or {}).get("identities", {}).get("user_id", ["<user id>"])[0]
         console.print(
             f"\n[bold]Worldflow is running on {url}[/bold]\n"
-            f"  API docs        {url}/docs\n"
-            f"  metrics         {url}/metrics\n"
-            f"  the log         curl {bearer} '{url}/v1/log?limit=5'\n"
-            f"  quarantine      curl {bearer} {url}/v1/quarantine\n"
-            f"  send an event   curl -u {WRITE_KEY}: {url}/v1/track -d "
+            f"  API docs          {url}/docs\n"
+            f"  a profile         curl {bearer} {url}/v1/profiles/{someone}\n"
+            f"  by identity       curl {bearer} {url}/v1/profiles/by/user_id/{user}\n"
+            f"  by trait          curl {bearer} '{url}/v1/profiles?trait=plan&value=vip'\n"
+            f"  the processor     curl {bearer} {url}/v1/processor\n"
+            f"  quarantine        curl {bearer} {url}/v1/quarantine\n"
+            f"  metrics           {url}/metrics\n"
+            f"  send an event     curl -u {WRITE_KEY}: {url}/v1/track -d "
             '\'{"event":"zone.entered","userId":"me","properties":{"zone_id":"lobby"}}\'\n'
+            f"  more traffic      worldflow simulate --url {url} --write-key {WRITE_KEY}\n"
             "Point any Segment or RudderStack SDK at this host with the write key above."
         )
         if not args.no_wait:

@@ -53,6 +53,45 @@ class Metrics:
             multiprocess_mode="livesum",
         )  # fmt: skip
 
+        # Read from the processor's committed state at each scrape (it runs in its own process).
+        self.processor_offset = Gauge(
+            "worldflow_processor_offset", "Log offset the processor has applied and committed",
+            ["partition"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+        self.processor_counts = Gauge(
+            "worldflow_processor_events", "What the processor counted (events, merges, …)",
+            ["partition", "counter"], registry=r, multiprocess_mode="max",
+        )  # fmt: skip
+
     def observe_commit(self, events: int, seconds: float) -> None:
         self.log_commit_events.observe(events)
         self.log_commit_latency.observe(seconds)
+
+
+def latency_quantiles(
+    metrics_text: str, route: str, quantiles: tuple[float, ...] = (0.5, 0.99)
+) -> list[float]:
+    """Quantiles in ms of one route's 200 answers, from the exposition text of the request
+    latency histogram (interpolated linearly within buckets, as Prometheus does)."""
+    buckets: list[tuple[float, float]] = []
+    for line in metrics_text.splitlines():
+        if line.startswith("worldflow_http_request_duration_seconds_bucket") and (
+            f'route="{route}"' in line and 'status="200"' in line
+        ):
+            le = line.split('le="')[1].split('"')[0]
+            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
+    buckets.sort()
+    total = buckets[-1][1] if buckets else 0.0
+
+    def quantile(q: float) -> float:
+        lower_bound, lower_count = 0.0, 0.0
+        for bound, count in buckets:
+            if count >= q * total:
+                if bound == float("inf"):
+                    return lower_bound * 1000
+                share = (q * total - lower_count) / max(count - lower_count, 1)
+                return (lower_bound + share * (bound - lower_bound)) * 1000
+            lower_bound, lower_count = bound, count
+        return float("nan")
+
+    return [quantile(q) for q in quantiles]

@@ -11,8 +11,8 @@ from tests.processor.harness import T0, Harness, iso, track
 
 
 @pytest.fixture
-def h(tmp_path) -> Iterator[Harness]:  # type: ignore[no-untyped-def]
-    harness = Harness(f"sqlite:///{tmp_path / 'p.db'}")
+def h(store_url: str) -> Iterator[Harness]:
+    harness = Harness(store_url)
     yield harness
     harness.close()
 
