@@ -129,8 +129,8 @@ class Processor:
         *,
         catalogue: Catalogue | None = None,
         batch_size: int = 2000,
-        max_profiles: int = 100_000,
-        max_identities: int = 400_000,
+        max_profiles: int = 50_000,
+        max_identities: int = 200_000,
     ) -> None:
         self.store = store
         self.read_log = read_log
