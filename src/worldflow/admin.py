@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from worldflow.collect.errors import ApiError
+from worldflow.identity.types import DEFAULT_TYPES
 from worldflow.services import Services
 from worldflow.store.sql import SCOPES, NotFoundError, StoreError, TokenRef
 
@@ -37,9 +38,46 @@ class NewSource(BaseModel):
     kind: str = Field(default="http", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
 
 
+class IdentityTypeChange(BaseModel):
+    merge: bool | None = Field(default=None, description="may link two profiles into one")
+    unique: bool | None = Field(default=None, description="a profile holds at most one value")
+    priority: int | None = Field(default=None, ge=0, le=99, description="lower decides first")
+
+
+class WorkspaceSettings(BaseModel):
+    """What the processor reads of a workspace (it picks changes up within seconds; replay
+    applies the settings of the day it runs)."""
+
+    raw_telemetry: bool = Field(
+        default=False, description="keep p3 pose/gaze sample batches (never joined to profiles)"
+    )
+    identity_types: dict[str, IdentityTypeChange] = Field(
+        default_factory=dict, description=f"overrides of {', '.join(DEFAULT_TYPES)}"
+    )
+
+
 class NewToken(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     scopes: list[str] = Field(min_length=1, description=f"any of {sorted(SCOPES)}")
+
+
+@router.get("/settings")
+async def get_settings(request: Request, token: Admin) -> dict[str, Any]:
+    raw = await run_in_threadpool(_services(request).store.settings, token.workspace_id)
+    return WorkspaceSettings.model_validate(raw).model_dump(exclude_none=True)
+
+
+@router.put("/settings")
+async def put_settings(request: Request, body: WorkspaceSettings, token: Admin) -> dict[str, Any]:
+    """Replace the workspace's settings."""
+    unknown = sorted(set(body.identity_types) - set(DEFAULT_TYPES))
+    if unknown:
+        message = (f"identity_types: unknown type(s) {', '.join(unknown)}; "
+                   f"known: {', '.join(DEFAULT_TYPES)}")  # fmt: skip
+        raise ApiError(422, "invalid_field", message)
+    settings = body.model_dump(exclude_none=True)
+    await run_in_threadpool(_services(request).store.set_settings, token.workspace_id, settings)
+    return settings
 
 
 @router.get("/sources")

@@ -25,6 +25,7 @@ import hashlib
 import heapq
 import json
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -45,6 +46,7 @@ log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 TICK_WORKSPACE = "_system"  # log entries of this workspace are clock ticks, not events
+SETTINGS_TTL_S = 10.0  # a workspace's settings are read again after this
 
 IdentityKey = tuple[str, str, str]  # (workspace, type, value)
 
@@ -145,7 +147,7 @@ class Processor:
         self.state: dict[int, PartitionState] = {}
         self._timers: list[tuple[int, str]] = []  # heap of (due ms, profile id)
         self._scheduled: dict[str, int] = {}  # earliest due pushed per profile
-        self._settings: dict[str, tuple[dict[str, IdentityType], bool]] = {}
+        self._settings: dict[str, tuple[float, dict[str, IdentityType], bool]] = {}
         self._begin_batch()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -244,12 +246,13 @@ class Processor:
 
     def _settings_for(self, workspace_id: str) -> tuple[dict[str, IdentityType], bool]:
         found = self._settings.get(workspace_id)
-        if found is None:
+        if found is None or found[0] < time.monotonic():
             settings = self.store.workspace_settings(workspace_id)
-            found = (identity_types(settings.get("identity_types")),
+            found = (time.monotonic() + SETTINGS_TTL_S,
+                     identity_types(settings.get("identity_types")),
                      bool(settings.get("raw_telemetry", False)))  # fmt: skip
             self._settings[workspace_id] = found
-        return found
+        return found[1], found[2]
 
     # -- loading ---------------------------------------------------------------------------
 

@@ -101,3 +101,29 @@ def test_sigkill_mid_traffic_then_every_event_is_applied_once(tmp_path: Path) ->
         assert status["partitions"]["0"]["counters"]["events"] == len(logged)
     finally:
         server.stop()
+
+
+def test_workspace_settings_change_identity_rules(server: ServerProcess) -> None:
+    with server.admin() as admin:
+        assert admin.get("/v1/settings").json() == {"raw_telemetry": False, "identity_types": {}}
+        bad = admin.put("/v1/settings", json={"identity_types": {"shoe_size": {"merge": True}}})
+        assert bad.status_code == 422
+        assert "identity_types" in bad.json()["message"]
+        bad = admin.put("/v1/settings", json={"raw_telemetry": "sometimes"})
+        assert bad.status_code == 422
+        assert "raw_telemetry" in bad.json()["message"]
+        # A kiosk brand whose devices are personal after all: device ids may merge.
+        changed = {"raw_telemetry": True, "identity_types": {"device_id": {"merge": True}}}
+        assert admin.put("/v1/settings", json=changed).json() == changed
+    client = SegmentClient(server.write_key, host=server.url, sync_mode=True)
+    for anon in ("app-a", "app-b"):
+        client.track(anonymous_id=anon, event="zone.entered", properties={"zone_id": "z"},
+                     context={"device": {"id": "phone-1"}})  # fmt: skip
+    client.track(anonymous_id="app-a", event="telemetry.pose_batch",
+                 properties={"interval_ms": 100, "samples": [{"t": 0}]})  # fmt: skip
+    client.flush()
+    status = wait_processed(server)
+    with server.admin() as admin:
+        a = admin.get("/v1/profiles/by/anonymous_id/app-a").json()
+        assert admin.get("/v1/profiles/by/anonymous_id/app-b").json()["id"] == a["id"]
+    assert status["partitions"]["0"]["counters"]["raw_telemetry_not_joined"] == 1

@@ -211,6 +211,22 @@ class SqlStore:
             source_id = self._insert_source(conn, workspace_id, name, kind, write_key)
         return {"id": source_id, "name": name, "kind": kind, "write_key": write_key}
 
+    def settings(self, workspace_id: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            raw = conn.execute(
+                sa.select(workspaces.c.settings).where(workspaces.c.id == workspace_id)
+            ).scalar()
+        value = json.loads(raw) if raw else {}
+        return value if isinstance(value, dict) else {}
+
+    def set_settings(self, workspace_id: str, settings: dict[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(workspaces)
+                .where(workspaces.c.id == workspace_id)
+                .values(settings=json.dumps(settings, sort_keys=True))
+            )
+
     def list_sources(self, workspace_id: str) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
             rows = conn.execute(
