@@ -197,6 +197,7 @@ class Processor:
                 self._count(entry.partition, "unreadable")
                 decoded.append((entry, None, []))
         self._prefetch([(event, ids) for _, event, ids in decoded if event is not None])
+        self._prefetch_timers(max(entry.received_at_ms for entry in entries))
         timers = self._timers
         for entry, maybe_event, ids in decoded:
             state = self.state[entry.partition]
@@ -270,6 +271,15 @@ class Processor:
             self.identities.update(self.store.lookup_identities(missing))
         found = {self.identities[k] for k in wanted if k in self.identities}
         self._load([i for i in found if i not in self.profiles])
+
+    def _prefetch_timers(self, horizon: int) -> None:
+        """Load, in one query, the profiles whose timers fall due within this batch."""
+        timers, due = self._timers, []
+        while timers and timers[0][0] <= horizon:
+            due.append(heapq.heappop(timers))
+        for timer in due:
+            heapq.heappush(timers, timer)
+        self._load([pid for _, pid in due if pid not in self.profiles])
 
     def _load(self, ids: Sequence[str]) -> None:
         pending = list(ids)

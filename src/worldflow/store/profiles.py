@@ -41,7 +41,12 @@ class SqlProfileStore:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self._insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
-        mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._mark = mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+        self._upsert_identity = (
+            "INSERT INTO identities (workspace_id, type, value, profile_id)"
+            f" VALUES ({mark}, {mark}, {mark}, {mark})"
+            " ON CONFLICT (workspace_id, type, value) DO UPDATE SET profile_id = excluded.profile_id"
+        )
         self._upsert_profile = (
             "INSERT INTO profiles (id, workspace_id, partition, first_seen_ms, last_seen_ms,"
             f" next_timer_ms, body) VALUES ({', '.join([mark] * 7)}) ON CONFLICT (id) DO UPDATE"
@@ -67,24 +72,25 @@ class SqlProfileStore:
         for ws, type_name, value in keys:
             groups[(ws, type_name)].append(value)
         found: dict[IdentityKey, str] = {}
-        c = identities.c
+        mark = self._mark
         with self.engine.connect() as conn:
             for (ws, type_name), values in groups.items():
                 for chunk in _chunks(values):
-                    query = sa.select(c.value, c.profile_id).where(
-                        c.workspace_id == ws, c.type == type_name, c.value.in_(chunk)
-                    )
-                    for value, profile_id in conn.execute(query):
+                    marks = ", ".join([mark] * len(chunk))
+                    sql = ("SELECT value, profile_id FROM identities WHERE workspace_id = "
+                           f"{mark} AND type = {mark} AND value IN ({marks})")  # fmt: skip
+                    for value, profile_id in conn.exec_driver_sql(sql, (ws, type_name, *chunk)):
                         found[(ws, type_name, value)] = profile_id
         return found
 
     def load_profiles(self, ids: Sequence[str]) -> dict[str, Profile | str]:
         found: dict[str, Profile | str] = {}
-        c = profiles.c
+        mark = self._mark
         with self.engine.connect() as conn:
             for chunk in _chunks(list(ids)):
-                query = sa.select(c.id, c.merged_into, c.body).where(c.id.in_(chunk))
-                for profile_id, merged_into, body in conn.execute(query):
+                sql = ("SELECT id, merged_into, body FROM profiles WHERE id IN "
+                       f"({', '.join([mark] * len(chunk))})")  # fmt: skip
+                for profile_id, merged_into, body in conn.exec_driver_sql(sql, tuple(chunk)):
                     found[profile_id] = merged_into or profile_decoder.decode(body)
         return found
 
@@ -107,15 +113,9 @@ class SqlProfileStore:
         with self.engine.begin() as conn:
             self._write_profiles(conn, commit)
             if commit.identities:
-                stmt = self._insert(identities)
-                stmt = stmt.on_conflict_do_update(
-                    index_elements=["workspace_id", "type", "value"],
-                    set_={"profile_id": stmt.excluded.profile_id},
+                conn.exec_driver_sql(
+                    self._upsert_identity, [(*key, pid) for key, pid in commit.identities.items()]
                 )
-                conn.execute(stmt, [
-                    {"workspace_id": ws, "type": t, "value": v, "profile_id": pid}
-                    for (ws, t, v), pid in commit.identities.items()
-                ])  # fmt: skip
             if commit.merges:
                 conn.execute(sa.insert(profile_merges), [
                     {"workspace_id": m.workspace_id, "survivor_id": m.survivor_id,

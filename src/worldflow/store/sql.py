@@ -89,6 +89,7 @@ def create_store_engine(url: str, derived_only: bool = False) -> Engine:
             cursor.execute("PRAGMA synchronous=" + ("NORMAL" if derived_only else "FULL"))
             if derived_only:  # the log writer checkpoints the WAL on a thread of its own
                 cursor.execute("PRAGMA wal_autocheckpoint=0")
+                cursor.execute("PRAGMA cache_size=-65536")  # 64 MiB: profile and identity pages
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.close()
