@@ -45,7 +45,8 @@ class SqlProfileStore:
         self._upsert_identity = (
             "INSERT INTO identities (workspace_id, type, value, profile_id)"
             f" VALUES ({mark}, {mark}, {mark}, {mark})"
-            " ON CONFLICT (workspace_id, type, value) DO UPDATE SET profile_id = excluded.profile_id"
+            " ON CONFLICT (workspace_id, type, value)"
+            " DO UPDATE SET profile_id = excluded.profile_id"
         )
         self._upsert_profile = (
             "INSERT INTO profiles (id, workspace_id, partition, first_seen_ms, last_seen_ms,"
