@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import sys
 
-from bench import ingest, translate
+from bench import e2e, ingest, process, profiles, translate
 
 if __name__ == "__main__":
     argv = sys.argv
-    sys.argv = [argv[0]]
-    translate.main()
+    for bench in (translate, process):
+        sys.argv = [argv[0]]
+        bench.main()
     sys.argv = [argv[0], *argv[1:]]
     ingest.main()
+    for bench in (e2e, profiles):
+        sys.argv = [argv[0]]
+        bench.main()
