@@ -131,6 +131,18 @@ class ServerProcess:
                     return out
                 after = page["next_after"]
 
+    def wait_processed(self, timeout: float = 30) -> dict[str, Any]:
+        """Wait until the processor has applied the whole log; its status."""
+        deadline = time.monotonic() + timeout
+        with self.admin() as admin:
+            while True:
+                status: dict[str, Any] = admin.get("/v1/processor").json()
+                partition = status["partitions"].get("0")
+                if partition and partition["lag"] == 0 and status["log_end_offset"] > 0:
+                    return status
+                assert time.monotonic() < deadline, status
+                time.sleep(0.05)
+
     def quarantine(self) -> list[dict[str, Any]]:
         with self.admin() as client:
             return list(client.get("/v1/quarantine", params={"limit": 1000}).json()["items"])

@@ -1,4 +1,5 @@
-"""The same server on PostgreSQL: ingest with a real client, restart, deduplicate, quarantine."""
+"""The same server on PostgreSQL: ingest with a real client, restart, deduplicate, quarantine,
+and the processor's profiles."""
 
 from __future__ import annotations
 
@@ -32,5 +33,9 @@ def test_server_on_postgresql(tmp_path: Path, pg_database: str) -> None:
         ids = [e["event"]["message_id"] for e in server.log_events()]
         assert sorted(ids) == sorted(f"pg-{i}" for i in range(300))
         assert [q["message_id"] for q in server.quarantine()] == ["pg-bad"]
+        server.wait_processed()
+        with server.admin() as admin:
+            profiles = [admin.get(f"/v1/profiles/by/user_id/u{i}").json() for i in range(9)]
+        assert sum(p["stats"]["counters"]["events"] for p in profiles) == 300
     finally:
         server.stop()

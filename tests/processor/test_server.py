@@ -6,7 +6,6 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import psutil
@@ -14,19 +13,6 @@ from segment.analytics.client import Client as SegmentClient
 
 from tests.collect.test_crash import Sender
 from tests.conftest import ServerProcess
-
-
-def wait_processed(server: ServerProcess, timeout: float = 30) -> dict[str, Any]:
-    """Wait until the processor has applied the whole log."""
-    deadline = time.monotonic() + timeout
-    with server.admin() as admin:
-        while True:
-            status: dict[str, Any] = admin.get("/v1/processor").json()
-            partition = status["partitions"].get("0")
-            if partition and partition["lag"] == 0 and status["log_end_offset"] > 0:
-                return status
-            assert time.monotonic() < deadline, status
-            time.sleep(0.05)
 
 
 def test_one_profile_across_worlds_through_the_api(server: ServerProcess) -> None:
@@ -42,7 +28,7 @@ def test_one_profile_across_worlds_through_the_api(server: ServerProcess) -> Non
                     traits={"email": "ada@example.com", "plan": "vip"})  # fmt: skip
     client.identify(user_id="ada", anonymous_id="roblox-anon")
     client.flush()
-    wait_processed(server)
+    server.wait_processed()
     with server.admin() as admin:
         profile = admin.get("/v1/profiles/by/user_id/ada").json()
         assert set(profile["stats"]["worlds"]) >= {"paris-showroom", "neo-tokyo"}
@@ -90,7 +76,7 @@ def test_sigkill_mid_traffic_then_every_event_is_applied_once(tmp_path: Path) ->
     sender.stop.set()
     sender.join(10)
     try:
-        wait_processed(server)
+        server.wait_processed()
         logged = [e for e in server.log_events() if e["event"]["message_id"].startswith("crash-")]
         assert len(logged) >= len(sender.acked) > 0
         with server.admin() as admin:
@@ -122,7 +108,7 @@ def test_workspace_settings_change_identity_rules(server: ServerProcess) -> None
     client.track(anonymous_id="app-a", event="telemetry.pose_batch",
                  properties={"interval_ms": 100, "samples": [{"t": 0}]})  # fmt: skip
     client.flush()
-    status = wait_processed(server)
+    status = server.wait_processed()
     with server.admin() as admin:
         a = admin.get("/v1/profiles/by/anonymous_id/app-a").json()
         assert admin.get("/v1/profiles/by/anonymous_id/app-b").json()["id"] == a["id"]
