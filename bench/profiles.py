@@ -6,7 +6,7 @@ A log with one visit per person is written (each person an anonymous id and a de
 ten logs in, adding a user id and an e-mail), then ``worldflow replay`` builds the profiles in
 a child process whose peak RSS is the figure. The baseline is the same command on an empty
 log: the interpreter, the libraries and the catalogue. The processor keeps at most
-``max_profiles`` (50,000) profiles and ``max_identities`` (200,000) identities in memory;
+``max_profiles`` (20,000) profiles and ``max_identities`` (100,000) identities in memory;
 colder ones are dropped after each commit (least recently used first) and read back from the
 store when they are next needed.
 

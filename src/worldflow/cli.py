@@ -176,6 +176,7 @@ def process(
     import threading
 
     from worldflow.processing import PartitionBusyError, run
+    from worldflow.services import processor_options
 
     settings = _settings(config, data_dir=data_dir, store=store)
     logging.basicConfig(level=settings.log_level.upper())
@@ -185,7 +186,7 @@ def process(
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     console.print(f"processing partitions {owned} of {settings.store_url.split('@')[-1]}")
     try:
-        run(settings.store_url, owned, None, stop)
+        run(settings.store_url, owned, None, stop, options=processor_options(settings))
     except PartitionBusyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
@@ -201,6 +202,7 @@ def replay(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreOp
 
     from worldflow.processing import PartitionBusyError
     from worldflow.processing import replay as replay_log
+    from worldflow.services import processor_options
 
     settings = _settings(config, data_dir=data_dir, store=store)
     with Progress(console=console) as progress:
@@ -210,7 +212,9 @@ def replay(config: ConfigOpt = None, data_dir: DataDirOpt = None, store: StoreOp
             progress.update(task, completed=offset, total=end)
 
         try:
-            counters = replay_log(settings.store_url, on_progress=show)
+            counters = replay_log(
+                settings.store_url, on_progress=show, options=processor_options(settings)
+            )
         except PartitionBusyError as exc:
             console.print(f"[red]error:[/red] {exc} (stop the server first)")
             raise typer.Exit(1) from exc

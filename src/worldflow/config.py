@@ -52,6 +52,10 @@ class Settings:
     # Run the processor (log → profiles) inside `worldflow serve`; turn off when processors
     # run on their own (`worldflow process`).
     processor: bool = True
+    # The processor keeps this many profiles and identities in memory (about 8 KB per profile
+    # with its identities); colder ones are read back from the store when needed.
+    hot_profiles: int = 20_000
+    hot_identities: int = 100_000
     # Set by `worldflow serve` for its workers: where the log writer listens. Not a user setting.
     log_writer_address: str = ""
 

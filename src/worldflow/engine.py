@@ -21,6 +21,7 @@ fire on time and replay sees those ticks too.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import heapq
 import json
@@ -131,8 +132,8 @@ class Processor:
         *,
         catalogue: Catalogue | None = None,
         batch_size: int = 2000,
-        max_profiles: int = 50_000,
-        max_identities: int = 200_000,
+        max_profiles: int = 20_000,
+        max_identities: int = 100_000,
     ) -> None:
         self.store = store
         self.read_log = read_log
@@ -475,7 +476,7 @@ class Processor:
                 return
             if spec is not None:
                 properties = gate.minimise(spec, properties)
-        key = f"events.{name or event.type}"
+        key = _counter_key(name or event.type)
         counters[key] = counters.get(key, 0) + 1
         if event.type == "identify" and event.traits:
             model.set_traits(profile, event.traits, at)
@@ -555,6 +556,12 @@ class Processor:
             ))  # fmt: skip
             if len(profile.recent) > model.RECENT_EVENTS:
                 del profile.recent[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _counter_key(name: str) -> str:
+    """One shared string per counter name, not one per profile."""
+    return f"events.{name}"
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:

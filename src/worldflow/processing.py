@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -104,12 +104,13 @@ def run(
     stop: threading.Event,
     on_step: Callable[[Processor, int], None] | None = None,
     wait_s: float = 30,
+    options: dict[str, Any] | None = None,
 ) -> None:
     """The processor loop until ``stop`` is set; commits what it applied before returning."""
     engine = create_store_engine(store_url, derived_only=True)
     try:
         with owning(engine, partitions, wait_s):
-            processor = build(engine, partitions)
+            processor = build(engine, partitions, **(options or {}))
             tune_gc()
             asyncio.run(_loop(processor, engine, writer_address, stop, on_step))
     finally:
@@ -151,7 +152,7 @@ async def _loop(
 
 
 def _process_main(store_url: str, partitions: Sequence[int], writer_address: str | None,
-                  ready: Any, parent_pid: int) -> None:  # fmt: skip
+                  options: dict[str, Any], ready: Any, parent_pid: int) -> None:  # fmt: skip
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
@@ -166,7 +167,7 @@ def _process_main(store_url: str, partitions: Sequence[int], writer_address: str
     ready.send("")
     ready.close()
     try:
-        run(store_url, partitions, writer_address, stop)
+        run(store_url, partitions, writer_address, stop, options=options)
     except Exception:
         log.exception("the processor stopped")
         raise
@@ -179,6 +180,7 @@ class ProcessorProcess:
     store_url: str
     partitions: Sequence[int]
     writer_address: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)  # Processor keyword arguments
     _process: Any = None
 
     def start(self) -> None:
@@ -186,8 +188,8 @@ class ProcessorProcess:
         ready_recv, ready_send = context.Pipe(duplex=False)
         self._process = context.Process(
             target=_process_main,
-            args=(self.store_url, tuple(self.partitions), self.writer_address, ready_send,
-                  os.getpid()),
+            args=(self.store_url, tuple(self.partitions), self.writer_address, self.options,
+                  ready_send, os.getpid()),
             name="worldflow-processor", daemon=False,
         )  # fmt: skip
         self._process.start()
@@ -214,7 +216,8 @@ class ProcessorProcess:
 
 
 def replay(store_url: str, partitions: Sequence[int] = (0,),
-           on_progress: Callable[[int, int], None] | None = None) -> dict[str, int]:  # fmt: skip
+           on_progress: Callable[[int, int], None] | None = None,
+           options: dict[str, Any] | None = None) -> dict[str, int]:  # fmt: skip
     """Forget all derived state and rebuild it from the whole log; returns the counters."""
     engine = create_store_engine(store_url, derived_only=True)
     try:
@@ -223,7 +226,7 @@ def replay(store_url: str, partitions: Sequence[int] = (0,),
             store.clear_derived()
             with engine.connect() as conn:
                 end = conn.execute(sa.select(sa.func.max(event_log.c.offset))).scalar()
-            processor = build(engine, partitions, batch_size=10_000)
+            processor = build(engine, partitions, **{"batch_size": 10_000, **(options or {})})
             tune_gc()
             while processor.step():
                 if on_progress is not None:

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 from dataclasses import dataclass, fields
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -56,7 +57,11 @@ def processor_process(settings: Settings, writer_address: str) -> ProcessorProce
     """The embedded processor (one partition), unless processors run on their own."""
     if not settings.processor:
         return None
-    return ProcessorProcess(settings.store_url, (0,), writer_address)
+    return ProcessorProcess(settings.store_url, (0,), writer_address, processor_options(settings))
+
+
+def processor_options(settings: Settings) -> dict[str, Any]:
+    return {"max_profiles": settings.hot_profiles, "max_identities": settings.hot_identities}
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
