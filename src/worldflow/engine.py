@@ -329,9 +329,9 @@ class Processor:
             return [*found, (kind, event.previous_id)]
         return found
 
-    def _resolve(self, entry: LogEntry, event: Event, ids: list[Identity], at: int) -> Profile:
+    def _resolve(self, entry: LogEntry, event: Event, ids: list[Identity], at: int,
+                 types: dict[str, IdentityType]) -> Profile:  # fmt: skip
         ws = event.workspace_id
-        types, _ = self._settings_for(ws)
         known: list[tuple[Identity, str]] = []
         unknown: list[Identity] = []
         cached, profiles = self.identities, self.profiles
@@ -414,9 +414,12 @@ class Processor:
 
     def _touch(self, profile: Profile) -> None:
         self._dirty[profile.id] = profile
-        due = profile.next_timer()
-        if due is not None:
-            self._schedule(profile.id, due)
+        # A profile's timer only moves later as its sessions go on (or ends with them), so one
+        # already scheduled stays the earliest: when it fires, it reschedules what is left.
+        if profile.sessions and profile.id not in self._scheduled:
+            due = profile.next_timer()
+            if due is not None:
+                self._schedule(profile.id, due)
 
     def _schedule(self, profile_id: str, due: int) -> None:
         scheduled = self._scheduled.get(profile_id)
@@ -449,33 +452,37 @@ class Processor:
         name = event.name
         if event.type == "track" and name is not None and not event.custom:
             spec = self.catalogue.get(name)
-        _, raw_telemetry = self._settings_for(event.workspace_id)
-        if event.tier >= 3:  # never joined to a person, whatever the settings
+        types, raw_telemetry = self._settings_for(event.workspace_id)
+        tier = event.tier
+        if tier >= 3:  # never joined to a person, whatever the settings
             self._count(partition, gate.verdict(3, spec, {}, _NOBODY, raw_telemetry).value)
             return
-        profile = self._resolve(entry, event, ids, at)
+        profile = self._resolve(entry, event, ids, at, types)
         profiles = self.profiles
         del profiles[profile.id]  # most recently used goes last
         profiles[profile.id] = profile
-        profile.first_seen = min(profile.first_seen, at)
-        profile.last_seen = max(profile.last_seen, at)
+        if at < profile.first_seen:  # noqa: PLR1730 - likewise
+            profile.first_seen = at
+        if at > profile.last_seen:  # noqa: PLR1730 - hot path: cheaper than a call to max()
+            profile.last_seen = at
         counters = profile.counters
         counters["events"] = counters.get("events", 0) + 1
-        self._count(partition, "events")
-        if name == "consent.updated":
-            model.set_consent(profile, event.properties, at)
+        totals = self.state[partition].counters
+        totals["events"] = totals.get("events", 0) + 1
         properties = event.properties
-        verdict = gate.Verdict.KEEP
-        if event.tier > 1 or profile.consent:  # nobody's consent matters to the rest
-            verdict = gate.verdict(event.tier, spec, properties, profile, raw_telemetry)
-        if verdict is not gate.Verdict.KEEP:
-            self._count(partition, verdict.value)
-            counters[verdict.value] = counters.get(verdict.value, 0) + 1
-            if verdict is gate.Verdict.SUPPRESS:
-                self._touch(profile)
-                return
-            if spec is not None:
-                properties = gate.minimise(spec, properties)
+        if name == "consent.updated":
+            model.set_consent(profile, properties, at)
+        # Nobody's consent matters to the common case: tier 1, nothing recorded.
+        if tier > 1 or profile.consent:
+            verdict = gate.verdict(tier, spec, properties, profile, raw_telemetry)
+            if verdict is not _KEEP:
+                self._count(partition, verdict.value)
+                counters[verdict.value] = counters.get(verdict.value, 0) + 1
+                if verdict is _SUPPRESS:
+                    self._touch(profile)
+                    return
+                if spec is not None:
+                    properties = gate.minimise(spec, properties)
         key = _counter_key(name or event.type)
         counters[key] = counters.get(key, 0) + 1
         if event.type == "identify" and event.traits:
@@ -496,9 +503,8 @@ class Processor:
                 model.order(world, properties)
         recent = profile.recent
         recent.append(model.Recent(
-            offset=entry.offset, message_id=event.message_id, type=event.type, at=at, name=name,
-            world=world_id,
-            properties=msgspec.Raw(_encode(gate.for_history(spec, properties, entry.body))),
+            entry.offset, event.message_id, event.type, at, name, world_id,
+            msgspec.Raw(_encode(gate.for_history(spec, properties, entry.body))),
         ))  # fmt: skip
         if len(recent) > model.RECENT_EVENTS:
             del recent[0]
@@ -507,16 +513,21 @@ class Processor:
     def _session(self, profile: Profile, event: Event, world_id: str, at: int, entry: LogEntry,
                  properties: dict[str, Any]) -> None:  # fmt: skip
         name = event.name
-        session_id = event.context.get("session_id") or event.context.get("sessionId")
-        if not isinstance(session_id, str | int) or isinstance(session_id, bool):
-            session_id = f"{world_id}~auto"
-        session_id = str(session_id)[:100]
+        context = event.context
+        session_id = context.get("session_id") or context.get("sessionId")
+        if type(session_id) is not str:
+            if isinstance(session_id, int) and not isinstance(session_id, bool):
+                session_id = str(session_id)
+            else:
+                session_id = f"{world_id}~auto"
+        elif len(session_id) > 100:
+            session_id = session_id[:100]
         sessions = profile.sessions
         session = sessions.get(session_id)
         if (
             session is not None
+            and at - session.last > model.SESSION_IDLE_MS
             and session_id.endswith("~auto")
-            and (at - session.last > model.SESSION_IDLE_MS)
         ):
             self._end_session(profile, session, None, entry.offset, True, entry.partition)
             session = None
@@ -531,8 +542,10 @@ class Processor:
             )  # fmt: skip
             profile.worlds[world_id].sessions += 1
         session.events += 1
-        session.last = max(session.last, at)
-        session.last_received = max(session.last_received, entry.received_at_ms)
+        if at > session.last:  # noqa: PLR1730 - hot path: cheaper than a call to max()
+            session.last = at
+        if entry.received_at_ms > session.last_received:  # noqa: PLR1730 - likewise
+            session.last_received = entry.received_at_ms
         if name == "session.heartbeat":
             session.active_ms += model._int(properties.get("active_ms"))
         elif name == "session.ended":
@@ -573,6 +586,7 @@ def _evict(cache: dict[Any, Any], bound: int) -> None:
 
 
 _NOBODY = model.new_profile("", "", 0, 0)
+_KEEP, _SUPPRESS = gate.Verdict.KEEP, gate.Verdict.SUPPRESS
 
 
 def tick_record_body(now_ms: int) -> bytes:
