@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import functools
 import gc
 import logging
 import multiprocessing
@@ -110,15 +111,17 @@ def run(
     engine = create_store_engine(store_url, derived_only=True)
     try:
         with owning(engine, partitions, wait_s):
-            processor = build(engine, partitions, **(options or {}))
+            fresh = functools.partial(build, engine, partitions, **(options or {}))
+            processor = fresh()
             tune_gc()
-            asyncio.run(_loop(processor, engine, writer_address, stop, on_step))
+            asyncio.run(_loop(processor, fresh, engine, writer_address, stop, on_step))
     finally:
         engine.dispose()
 
 
 async def _loop(
     processor: Processor,
+    fresh: Callable[[], Processor],
     engine: Engine,
     writer_address: str | None,
     stop: threading.Event,
@@ -128,9 +131,23 @@ async def _loop(
     if writer_address:
         ticks = SqlEventLog(engine, writer_address)
         await ticks.start()
+    failures = 0
+    current: Processor | None = processor
     try:
         while not stop.is_set():
-            n = processor.step()
+            try:
+                # After a failure, what was applied in memory is not committed: start again
+                # from the committed state.
+                current = current or fresh()
+                n = current.step()
+                failures = 0
+            except Exception:  # the store failed: a PostgreSQL restart, a full disk…
+                current = None
+                failures += 1
+                log.exception("processing failed; retrying from the last commit")
+                await asyncio.sleep(min(30.0, 0.5 * 2**failures))
+                continue
+            processor = current
             if on_step is not None:
                 on_step(processor, n)
             if n >= processor.batch_size // 4:

@@ -88,3 +88,47 @@ def _bodies(h: Harness) -> list[dict[str, Any]]:
     with h.sql.engine.connect() as conn:
         rows = conn.execute(sa.select(profiles.c.body).where(profiles.c.merged_into.is_(None)))
         return [json.loads(body)["counters"] for (body,) in rows]
+
+
+def test_the_processing_loop_recovers_from_a_failed_commit(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    from worldflow.processing import run
+    from worldflow.store.profiles import SqlProfileStore
+
+    h = Harness(store_url)
+    try:
+        simulated_day(h, 20)
+        end = h.store.log_end()
+        real_commit = SqlProfileStore.commit
+        calls = {"n": 0}
+
+        def failing_once(self: SqlProfileStore, commit: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise sa.exc.OperationalError("COMMIT", {}, Exception("the store went away"))
+            real_commit(self, commit)
+
+        monkeypatch.setattr(SqlProfileStore, "commit", failing_once)
+        stop = threading.Event()
+
+        def caught_up(processor: Any, _n: int) -> None:
+            if processor.offset >= end:
+                stop.set()
+
+        thread = threading.Thread(
+            target=run, args=(h.sql.url, (0,), None, stop),
+            kwargs={"on_step": caught_up, "options": {"batch_size": 200}},
+        )  # fmt: skip
+        thread.start()
+        thread.join(60)
+        assert not thread.is_alive()
+        assert calls["n"] > 2  # it failed once, then went on
+        live = derived(h)
+        monkeypatch.setattr(SqlProfileStore, "commit", real_commit)
+        replay(h.sql.url)
+        assert derived(h) == live
+    finally:
+        h.close()
