@@ -26,6 +26,7 @@ import hashlib
 import heapq
 import json
 import logging
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ from typing import Any, Protocol
 import msgspec
 
 from worldflow.events.catalogue import Catalogue, EventSpec
-from worldflow.events.model import Event, decode_event
+from worldflow.events.model import LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
 from worldflow.log import LogEntry
 from worldflow.privacy import gate
@@ -114,12 +115,12 @@ def profile_id_for(workspace_id: str, message_id: str) -> str:
     return "p_" + digest.hexdigest()
 
 
-def _world_id(event: Event) -> str:
+def _world_id(event: LoggedEvent) -> str:
     world = event.context.get("world")
     if isinstance(world, dict):
         world = world.get("id")
     if isinstance(world, str) and world:
-        return world[:100]
+        return sys.intern(world[:100])  # shared by every profile and recent event held
     return "web"  # pages and calls from outside any world
 
 
@@ -182,7 +183,7 @@ class Processor:
         entries = self.read_log(self.offset, self.batch_size)
         if not entries:
             return 0
-        decoded: list[tuple[LogEntry, Event | None, list[Identity]]] = []
+        decoded: list[tuple[LogEntry, LoggedEvent | None, list[Identity]]] = []
         for entry in entries:
             state = self.state.get(entry.partition)
             if state is None or entry.offset <= state.offset:
@@ -191,7 +192,7 @@ class Processor:
                 decoded.append((entry, None, []))
                 continue
             try:
-                event = decode_event(entry.body)
+                event = decode_logged(entry.body)
                 decoded.append((entry, event, identities_of(event)))
             except (msgspec.ValidationError, msgspec.DecodeError):
                 log.exception("log entry %d is not a canonical event; skipped", entry.offset)
@@ -258,7 +259,7 @@ class Processor:
 
     # -- loading ---------------------------------------------------------------------------
 
-    def _prefetch(self, events: Iterable[tuple[Event, list[Identity]]]) -> None:
+    def _prefetch(self, events: Iterable[tuple[LoggedEvent, list[Identity]]]) -> None:
         wanted: set[IdentityKey] = set()
         for event, ids in events:
             ws = event.workspace_id
@@ -321,7 +322,7 @@ class Processor:
 
     # -- identity resolution ---------------------------------------------------------------
 
-    def _identities(self, event: Event, found: list[Identity]) -> list[Identity]:
+    def _identities(self, event: LoggedEvent, found: list[Identity]) -> list[Identity]:
         if event.previous_id:  # alias: the previous id is a known user id or an anonymous id
             ws = event.workspace_id
             kind = "user_id" if (ws, "user_id", event.previous_id) in self.identities else (
@@ -329,7 +330,7 @@ class Processor:
             return [*found, (kind, event.previous_id)]
         return found
 
-    def _resolve(self, entry: LogEntry, event: Event, ids: list[Identity], at: int,
+    def _resolve(self, entry: LogEntry, event: LoggedEvent, ids: list[Identity], at: int,
                  types: dict[str, IdentityType]) -> Profile:  # fmt: skip
         ws = event.workspace_id
         known: list[tuple[Identity, str]] = []
@@ -445,13 +446,15 @@ class Processor:
                 )
             self._touch(profile)
 
-    def _apply(self, entry: LogEntry, event: Event, ids: list[Identity]) -> None:
+    def _apply(self, entry: LogEntry, event: LoggedEvent, ids: list[Identity]) -> None:
         partition = entry.partition
         at = _ms(event.timestamp)
         spec: EventSpec | None = None
         name = event.name
         if event.type == "track" and name is not None and not event.custom:
             spec = self.catalogue.get(name)
+            if spec is not None:
+                name = spec.name  # the catalogue's own string, shared
         types, raw_telemetry = self._settings_for(event.workspace_id)
         tier = event.tier
         if tier >= 3:  # never joined to a person, whatever the settings
@@ -510,8 +513,8 @@ class Processor:
             del recent[0]
         self._touch(profile)
 
-    def _session(self, profile: Profile, event: Event, world_id: str, at: int, entry: LogEntry,
-                 properties: dict[str, Any]) -> None:  # fmt: skip
+    def _session(self, profile: Profile, event: LoggedEvent, world_id: str, at: int,
+                 entry: LogEntry, properties: dict[str, Any]) -> None:  # fmt: skip
         name = event.name
         context = event.context
         session_id = context.get("session_id") or context.get("sessionId")

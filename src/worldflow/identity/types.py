@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from worldflow.events.model import Event
+from worldflow.events.model import LoggedEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +80,7 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def identities_of(event: Event) -> list[Identity]:
+def identities_of(event: LoggedEvent) -> list[Identity]:
     """Every identity the event names, in no particular order (duplicates removed)."""
     found: list[Identity] = []
     if event.user_id:

@@ -16,6 +16,7 @@ Semantics worth knowing:
 
 from __future__ import annotations
 
+import sys
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -213,7 +214,7 @@ def add_identity(profile: Profile, type_name: str, value: str) -> None:
 def world_of(profile: Profile, world_id: str, at: int) -> World:
     world = profile.worlds.get(world_id)
     if world is None:
-        world = profile.worlds[world_id] = World(first_seen=at, last_seen=at)
+        world = profile.worlds[sys.intern(world_id)] = World(first_seen=at, last_seen=at)
     elif at > world.last_seen:
         world.last_seen = at
     elif at < world.first_seen:
@@ -228,7 +229,8 @@ def _bounded_get(items: dict[str, Any], key: str, factory: type) -> Any:
             # Keep the map bounded: forget the least engaged entry (an attention long tail).
             weakest = min(items, key=lambda k: (_weight(items[k]), items[k].last))
             del items[weakest]
-        entry = items[key] = factory()
+        # Interned: the same object and product ids recur across many profiles in memory.
+        entry = items[sys.intern(key)] = factory()
     return entry
 
 
