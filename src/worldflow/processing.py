@@ -87,6 +87,14 @@ def tune_gc() -> None:
     gc.set_threshold(100_000, 50, 100)
 
 
+def settle_gc() -> None:
+    """After a micro-batch: collect what it left in the young generations (cycles included),
+    then freeze the survivors (mostly hot profiles), so no later collection walks them again.
+    Frozen objects are still freed when their last reference goes (an evicted profile)."""
+    gc.collect(1)
+    gc.freeze()
+
+
 def build(engine: Engine, partitions: Sequence[int], **options: Any) -> Processor:
     processor = Processor(
         SqlProfileStore(engine),
@@ -141,6 +149,8 @@ async def _loop(
                 current = current or fresh()
                 n = current.step()
                 failures = 0
+                if n:
+                    settle_gc()
             except Exception:  # the store failed: a PostgreSQL restart, a full disk…
                 current = None
                 failures += 1
@@ -246,6 +256,7 @@ def replay(store_url: str, partitions: Sequence[int] = (0,),
             processor = build(engine, partitions, **{"batch_size": 10_000, **(options or {})})
             tune_gc()
             while processor.step():
+                settle_gc()
                 if on_progress is not None:
                     on_progress(processor.offset, int(end or 0))
             return processor.counters()
