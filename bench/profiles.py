@@ -153,11 +153,16 @@ def main() -> None:
             timed_gets(port, [f"/v1/profiles/by/anonymous_id/anon-{n}" for n in people[:200]])
             floor = timed_gets(port, ["/healthz"] * args.lookups)
             lookups = timed_gets(port, [f"/v1/profiles/by/anonymous_id/anon-{n}" for n in people])
+            common = timed_gets(port, ["/v1/profiles?trait=plan&value=vip&limit=50"] * 5)
+            rare = timed_gets(port, ["/v1/profiles?trait=plan&value=nobody&limit=50"] * 3)
         finally:
             server.terminate()
             server.wait(30)
         print(f"profile lookup among {args.profiles:,}: p50 {pct(lookups, 0.5):.2f} ms, "
               f"p99 {pct(lookups, 0.99):.2f} ms ({len(lookups):,} random people)")  # fmt: skip
+        print(f"search by trait (no index: scans newest first): 50 of a common value "
+              f"{statistics.median(common) * 1000:.0f} ms, a value nobody has "
+              f"{statistics.median(rare) * 1000:.0f} ms")  # fmt: skip
         ratio = statistics.median(lookups) / statistics.median(floor)
         print(f"baseline GET /healthz: p50 {pct(floor, 0.5):.2f} ms, "
               f"p99 {pct(floor, 0.99):.2f} ms; ratio p50 {ratio:.1f}")  # fmt: skip
