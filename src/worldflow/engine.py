@@ -333,9 +333,20 @@ class Processor:
     def _resolve(self, entry: LogEntry, event: LoggedEvent, ids: list[Identity], at: int,
                  types: dict[str, IdentityType]) -> Profile:  # fmt: skip
         ws = event.workspace_id
+        cached, profiles = self.identities, self.profiles
+        if not event.previous_id:  # the common case: every identity known, all to one profile
+            first = None
+            for type_name, value in ids:
+                profile_id = cached.get((ws, type_name, value))
+                if profile_id is None or (first is not None and profile_id != first):
+                    break
+                first = profile_id
+            else:
+                found = profiles.get(first) if first is not None else None
+                if found is not None:
+                    return found
         known: list[tuple[Identity, str]] = []
         unknown: list[Identity] = []
-        cached, profiles = self.identities, self.profiles
         for identity in self._identities(event, ids):
             profile_id = cached.get((ws, *identity))
             if profile_id is None or profile_id not in profiles:
@@ -345,7 +356,7 @@ class Processor:
             else:
                 known.append((identity, profile_id))
         if not unknown and len({p for _, p in known}) == 1:
-            return self.profiles[known[0][1]]  # the common case: a returning visitor
+            return self.profiles[known[0][1]]
         known.sort(key=lambda k: types[k[0][0]].priority)
         unique_unknown = [i for i in unknown if types[i[0]].unique]
         primary: Profile | None = None
