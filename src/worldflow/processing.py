@@ -253,7 +253,7 @@ def replay(store_url: str, partitions: Sequence[int] = (0,),
             store.clear_derived()
             with engine.connect() as conn:
                 end = conn.execute(sa.select(sa.func.max(event_log.c.offset))).scalar()
-            processor = build(engine, partitions, **{"batch_size": 20_000, **(options or {})})
+            processor = build(engine, partitions, **{"batch_size": 5_000, **(options or {})})
             tune_gc()
             while processor.step():
                 settle_gc()
