@@ -561,13 +561,13 @@ class Processor:
         if entry.received_at_ms > session.last_received:  # noqa: PLR1730 - likewise
             session.last_received = entry.received_at_ms
         if name == "session.heartbeat":
-            session.active_ms += model._int(properties.get("active_ms"))
+            session.active_ms += model.positive_int(properties.get("active_ms"))
         elif name == "session.ended":
             self._end_session(profile, session, properties, entry.offset, False, entry.partition)
 
     def _end_session(self, profile: Profile, session: Session, properties: dict[str, Any] | None,
                      offset: int, synthetic: bool, partition: int) -> None:  # fmt: skip
-        duration = model._int((properties or {}).get("duration_ms")) or (
+        duration = model.positive_int((properties or {}).get("duration_ms")) or (
             session.last - session.started)  # fmt: skip
         world = profile.worlds.get(session.world)
         if world is not None:

@@ -238,7 +238,8 @@ def _weight(entry: Any) -> int:
     return entry.score() if isinstance(entry, Engagement) else entry.visits
 
 
-def _int(value: Any) -> int:
+def positive_int(value: Any) -> int:
+    """A positive integer property, or 0 for anything else (absent, negative, not a number)."""
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
@@ -278,9 +279,9 @@ def engage(world: World, name: str, props: dict[str, Any], at: int) -> None:
         if counter is not None:
             setattr(entry, counter, getattr(entry, counter) + 1)
         if name == "object.viewed":
-            entry.view_ms += _int(props.get("view_ms"))
+            entry.view_ms += positive_int(props.get("view_ms"))
         elif name == "object.gaze_dwell":
-            entry.gaze_ms += _int(props.get("dwell_ms"))
+            entry.gaze_ms += positive_int(props.get("dwell_ms"))
 
 
 def add_money(totals: dict[str, str], money: Any) -> None:
@@ -318,7 +319,7 @@ def zone(world: World, name: str, props: dict[str, Any], at: int) -> None:
     if name == "zone.entered":
         entry.visits += 1
     else:
-        entry.dwell_ms += _int(props.get("dwell_ms"))
+        entry.dwell_ms += positive_int(props.get("dwell_ms"))
 
 
 # --- merging -------------------------------------------------------------------------------
