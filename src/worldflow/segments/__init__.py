@@ -1,0 +1,1 @@
+"""Segments: the condition language, its evaluation and membership."""
