@@ -17,7 +17,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worldflow.log import (
@@ -29,7 +28,6 @@ from worldflow.log import (
     QuarantineRecord,
 )
 from worldflow.log import writer as writer_process
-from worldflow.store.schema import event_log
 
 CommitObserver = Callable[[int, float], None]  # (events in the commit, seconds it took)
 
@@ -167,19 +165,22 @@ def read_entries(
     partition: int | None = None,
     workspace_id: str | None = None,
 ) -> list[LogEntry]:
-    """Entries with offset > after_offset, in offset order (a consumer needs no writer)."""
-    query = (
-        sa.select(
-            event_log.c.offset, event_log.c.workspace_id, event_log.c.message_id,
-            event_log.c.partition, event_log.c.received_at_ms, event_log.c.body,
-        )
-        .where(event_log.c.offset > after_offset)
-        .order_by(event_log.c.offset)
-        .limit(limit)
-    )  # fmt: skip
+    """Entries with offset > after_offset, in offset order (a consumer needs no writer).
+
+    Driver SQL: the processor reads every entry through here, and the expression layer's
+    per-row work would cost it more than the read itself."""
+    mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
+    sql = ('SELECT "offset", workspace_id, message_id, "partition", received_at_ms, body'
+           f' FROM event_log WHERE "offset" > {mark}')  # fmt: skip
+    params: list[Any] = [after_offset]
     if partition is not None:
-        query = query.where(event_log.c.partition == partition)
+        sql += f' AND "partition" = {mark}'
+        params.append(partition)
     if workspace_id is not None:
-        query = query.where(event_log.c.workspace_id == workspace_id)
+        sql += f" AND workspace_id = {mark}"
+        params.append(workspace_id)
+    sql += f' ORDER BY "offset" LIMIT {mark}'
+    params.append(limit)
+    make = LogEntry._make
     with engine.connect() as conn:
-        return [LogEntry(*row) for row in conn.execute(query)]
+        return [make(row) for row in conn.exec_driver_sql(sql, tuple(params))]
