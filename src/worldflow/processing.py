@@ -57,14 +57,15 @@ def owning(engine: Engine, partitions: Sequence[int], wait_s: float = 0) -> Any:
         )
         db = Path(str(engine.url.database))
         for partition in partitions:
+            handle = None
+            if conn is None:
+                handle = stack.enter_context((db.parent / f"{db.name}.p{partition}.lock").open("w"))
             while True:
                 if conn is not None:
                     key = 0x57F1_0000 + partition
                     taken = conn.execute(sa.text(f"SELECT pg_try_advisory_lock({key})")).scalar()
                 else:
-                    handle = stack.enter_context(
-                        (db.parent / f"{db.name}.p{partition}.lock").open("w")
-                    )
+                    assert handle is not None
                     try:
                         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                         taken = True
