@@ -9,6 +9,7 @@ from pathlib import Path
 
 import httpx
 import psutil
+import pytest
 from segment.analytics.client import Client as SegmentClient
 
 from tests.collect.test_crash import Sender
@@ -113,3 +114,10 @@ def test_workspace_settings_change_identity_rules(server: ServerProcess) -> None
         a = admin.get("/v1/profiles/by/anonymous_id/app-a").json()
         assert admin.get("/v1/profiles/by/anonymous_id/app-b").json()["id"] == a["id"]
     assert status["partitions"]["0"]["counters"]["raw_telemetry_not_joined"] == 1
+
+
+def test_replay_refuses_while_a_server_owns_the_partition(server: ServerProcess) -> None:
+    from worldflow.processing import PartitionBusyError, replay
+
+    with pytest.raises(PartitionBusyError, match="partition 0"):
+        replay(f"sqlite:///{server.data_dir / 'worldflow.db'}")
