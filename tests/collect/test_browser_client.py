@@ -361,7 +361,12 @@ def test_analytics_next_in_chromium(server: ServerProcess, site: StaticSite, mod
     elsewhere = [r["url"] for r in run.requests
                  if not r["url"].startswith((site.origin, server.url))]  # fmt: skip
     assert elsewhere == []
-    assert run.failures == []
+    # When the page is being hidden or left, the browser may abort the library's own metrics
+    # call (/v1/m) still in flight; its events went out by beacon and were checked above.
+    failures = run.failures
+    if flush is not None:
+        failures = [f for f in failures if not (f"{server.url}/v1/m " in f and "ERR_ABORTED" in f)]
+    assert failures == []
     assert run.errors == []
     assert run.console == []
 
