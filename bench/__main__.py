@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sys
 
-from bench import e2e, ingest, process, profiles, translate
+from bench import e2e, ingest, logic, process, profiles, translate
 
 if __name__ == "__main__":
     argv = sys.argv
-    for bench in (translate, process):
+    for bench in (translate, logic, process):
         sys.argv = [argv[0]]
         bench.main()
     sys.argv = [argv[0], *argv[1:]]
