@@ -150,6 +150,7 @@ class Processor:
         self._timers: list[tuple[int, str]] = []  # heap of (due ms, profile id)
         self._scheduled: dict[str, int] = {}  # earliest due pushed per profile
         self._settings: dict[str, tuple[float, dict[str, IdentityType], bool]] = {}
+        self._now = time.monotonic()
         self._begin_batch()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -183,6 +184,7 @@ class Processor:
         entries = self.read_log(self.offset, self.batch_size)
         if not entries:
             return 0
+        self._now = time.monotonic()  # settings are read again when older than their TTL
         decoded: list[tuple[LogEntry, LoggedEvent | None, list[Identity]]] = []
         for entry in entries:
             state = self.state.get(entry.partition)
@@ -249,7 +251,7 @@ class Processor:
 
     def _settings_for(self, workspace_id: str) -> tuple[dict[str, IdentityType], bool]:
         found = self._settings.get(workspace_id)
-        if found is None or found[0] < time.monotonic():
+        if found is None or found[0] < self._now:
             settings = self.store.workspace_settings(workspace_id)
             found = (time.monotonic() + SETTINGS_TTL_S,
                      identity_types(settings.get("identity_types")),

@@ -266,22 +266,26 @@ def engage(world: World, name: str, props: dict[str, Any], at: int) -> None:
     obj = props.get("obj")
     if not isinstance(obj, dict):
         return
-    targets = []
+    counter = _ENGAGEMENT.get(name)
+    view_ms = positive_int(props.get("view_ms")) if name == "object.viewed" else 0
+    gaze_ms = positive_int(props.get("dwell_ms")) if name == "object.gaze_dwell" else 0
     object_id = obj.get("object_id")
-    if isinstance(object_id, str):
-        targets.append(_bounded_get(world.objects, object_id, Engagement))
+    if type(object_id) is str:
+        _engaged(_bounded_get(world.objects, object_id, Engagement), counter, view_ms, gaze_ms, at)
     sku = _sku(obj)
     if sku is not None:
-        targets.append(_bounded_get(world.products, sku, Engagement))
-    counter = _ENGAGEMENT.get(name)
-    for entry in targets:
-        entry.last = max(entry.last, at)
-        if counter is not None:
-            setattr(entry, counter, getattr(entry, counter) + 1)
-        if name == "object.viewed":
-            entry.view_ms += positive_int(props.get("view_ms"))
-        elif name == "object.gaze_dwell":
-            entry.gaze_ms += positive_int(props.get("dwell_ms"))
+        _engaged(_bounded_get(world.products, sku, Engagement), counter, view_ms, gaze_ms, at)
+
+
+def _engaged(entry: Engagement, counter: str | None, view_ms: int, gaze_ms: int, at: int) -> None:
+    if at > entry.last:  # noqa: PLR1730 - hot path: cheaper than a call to max()
+        entry.last = at
+    if counter is not None:
+        setattr(entry, counter, getattr(entry, counter) + 1)
+    if view_ms:
+        entry.view_ms += view_ms
+    if gaze_ms:
+        entry.gaze_ms += gaze_ms
 
 
 def add_money(totals: dict[str, str], money: Any) -> None:
