@@ -21,7 +21,6 @@ fire on time and replay sees those ticks too.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import heapq
 import json
@@ -499,7 +498,7 @@ class Processor:
                     return
                 if spec is not None:
                     properties = gate.minimise(spec, properties)
-        key = _counter_key(name or event.type)
+        key = _COUNTER_KEYS.get(name or event.type) or _counter_key(name or event.type)
         counters[key] = counters.get(key, 0) + 1
         if event.type == "identify" and event.traits:
             model.set_traits(profile, event.traits, at)
@@ -587,10 +586,15 @@ class Processor:
                 del profile.recent[0]
 
 
-@functools.lru_cache(maxsize=4096)
+_COUNTER_KEYS: dict[str, str] = {}
+
+
 def _counter_key(name: str) -> str:
-    """One shared string per counter name, not one per profile."""
-    return f"events.{name}"
+    """One shared string per counter name, not one per profile (custom names are capped)."""
+    key = f"events.{name}"
+    if len(_COUNTER_KEYS) < 4096:
+        _COUNTER_KEYS[name] = key
+    return key
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:
