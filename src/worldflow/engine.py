@@ -164,10 +164,6 @@ class Processor:
         """Every entry up to here is applied and committed."""
         return min(s.offset for s in self.state.values())
 
-    @property
-    def stream_time_ms(self) -> int:
-        return max(s.stream_time_ms for s in self.state.values())
-
     def next_timer_ms(self) -> int | None:
         return self._timers[0][0] if self._timers else None
 

@@ -14,7 +14,6 @@ import fcntl
 import functools
 import gc
 import logging
-import multiprocessing
 import os
 import signal
 import threading
@@ -28,6 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from worldflow.children import spawn_child, stop_child
 from worldflow.engine import TICK_WORKSPACE, Processor, tick_record_body
 from worldflow.log import LogRecord
 from worldflow.log.sql import SqlEventLog, read_entries
@@ -212,35 +212,14 @@ class ProcessorProcess:
     _process: Any = None
 
     def start(self) -> None:
-        context = multiprocessing.get_context("spawn")
-        ready_recv, ready_send = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=_process_main,
-            args=(self.store_url, tuple(self.partitions), self.writer_address, self.options,
-                  ready_send, os.getpid()),
-            name="worldflow-processor", daemon=False,
-        )  # fmt: skip
-        self._process.start()
-        ready_send.close()
-        if not ready_recv.poll(60):
-            self.stop()
-            raise RuntimeError("the processor did not start in time")
-
-    @property
-    def alive(self) -> bool:
-        return self._process is not None and self._process.is_alive()
+        args = (self.store_url, tuple(self.partitions), self.writer_address, self.options)
+        self._process = spawn_child(_process_main, args, "processor")
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM: the processor finishes and commits its micro-batch, then exits."""
-        if self._process is None:
-            return
-        if self._process.is_alive():
-            os.kill(self._process.pid, signal.SIGTERM)
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._process = None
+        if self._process is not None:
+            stop_child(self._process, timeout)
+            self._process = None
 
 
 def replay(store_url: str, partitions: Sequence[int] = (0,),

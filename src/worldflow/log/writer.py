@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import multiprocessing
 import os
 import secrets
 import selectors
@@ -37,6 +36,8 @@ from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 import msgspec
+
+from worldflow.children import spawn_child, stop_child
 
 log = logging.getLogger(__name__)
 
@@ -199,36 +200,13 @@ class WriterProcess:
         self._process: Any = None
 
     def start(self, timeout: float = 60) -> None:
-        context = multiprocessing.get_context("spawn")
-        ready_recv, ready_send = context.Pipe(duplex=False)
-        self._process = context.Process(
-            target=serve, args=(*self._args, ready_send, os.getpid()),
-            name="worldflow-log-writer", daemon=False,
-        )  # fmt: skip
-        self._process.start()
-        ready_send.close()
-        if not ready_recv.poll(timeout):
-            self.stop()
-            raise RuntimeError("the log writer did not start in time")
-        try:
-            error = ready_recv.recv()
-        except EOFError:
-            error = f"the log writer exited with code {self._process.exitcode}"
-        if error:
-            self.stop()
-            raise RuntimeError(f"the log writer could not start: {error}")
+        self._process = spawn_child(serve, self._args, "log writer", timeout)
 
     def stop(self, timeout: float = 60) -> None:
         """SIGTERM: the writer commits what it has received, then exits."""
-        if self._process is None:
-            return
-        if self._process.is_alive():
-            os.kill(self._process.pid, signal.SIGTERM)
-        self._process.join(timeout)
-        if self._process.is_alive():
-            self._process.kill()
-            self._process.join()
-        self._process = None
+        if self._process is not None:
+            stop_child(self._process, timeout)
+            self._process = None
 
 
 class _Inbox:
