@@ -466,7 +466,7 @@ class Processor:
         types, raw_telemetry = self._settings_for(event.workspace_id)
         tier = event.tier
         if tier >= 3:  # never joined to a person, whatever the settings
-            self._count(partition, gate.verdict(3, spec, {}, _NOBODY, raw_telemetry).value)
+            self._count(partition, gate.telemetry(raw_telemetry).value)
             return
         profile = self._resolve(entry, event, ids, at, types)
         profiles = self.profiles
@@ -601,7 +601,6 @@ def _evict(cache: dict[Any, Any], bound: int) -> None:
             del cache[key]
 
 
-_NOBODY = model.new_profile("", "", 0, 0)
 _KEEP, _SUPPRESS = gate.Verdict.KEEP, gate.Verdict.SUPPRESS
 
 

@@ -33,7 +33,7 @@ class Verdict(enum.Enum):
 def verdict(tier: int, spec: EventSpec | None, properties: dict[str, Any], profile: Profile,
             raw_telemetry: bool) -> Verdict:  # fmt: skip
     if tier >= 3:
-        return Verdict.SKIP if raw_telemetry else Verdict.REFUSE
+        return telemetry(raw_telemetry)
     if tier >= 1 and consents(profile, "analytics") is False:
         return Verdict.SUPPRESS
     if tier == 2 and spec is not None:
@@ -41,6 +41,11 @@ def verdict(tier: int, spec: EventSpec | None, properties: dict[str, Any], profi
         if purpose is not None and consents(profile, purpose) is not True:
             return Verdict.MINIMISE
     return Verdict.KEEP
+
+
+def telemetry(raw_telemetry: bool) -> Verdict:
+    """What becomes of p3 telemetry: never joined to a profile, and refused where not enabled."""
+    return Verdict.SKIP if raw_telemetry else Verdict.REFUSE
 
 
 def minimise(spec: EventSpec, properties: dict[str, Any]) -> dict[str, Any]:
