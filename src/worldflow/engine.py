@@ -25,7 +25,6 @@ import hashlib
 import heapq
 import json
 import logging
-import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -36,17 +35,21 @@ from typing import Any, Protocol
 import msgspec
 
 from worldflow.events.catalogue import Catalogue, EventSpec
-from worldflow.events.model import LoggedEvent, decode_logged
+from worldflow.events.model import Event, LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
-from worldflow.log import LogEntry
+from worldflow.log import LogEntry, LogRecord
 from worldflow.privacy import gate
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Session
+from worldflow.segments import backfill
+from worldflow.segments.definition import DefinitionError, compile_definition
+from worldflow.segments.incremental import Definitions, Transition
 
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 TICK_WORKSPACE = "_system"  # log entries of this workspace are clock ticks, not events
+SYSTEM_SOURCE = "_processor"  # the source of the events the processor itself appends
 SETTINGS_TTL_S = 10.0  # a workspace's settings are read again after this
 
 IdentityKey = tuple[str, str, str]  # (workspace, type, value)
@@ -79,6 +82,9 @@ class Commit:
     merges: list[Merge]
     partitions: dict[int, PartitionState]
     partition_of_profile: dict[str, int]
+    transitions: list[Transition] = field(default_factory=list)
+    outbox: list[LogRecord] = field(default_factory=list)  # membership events for the log
+    activated: list[tuple[str, str, str, int]] = field(default_factory=list)  # ws, kind, key, v
 
 
 class ProfileStore(Protocol):
@@ -95,6 +101,21 @@ class ProfileStore(Protocol):
     def timers(self, partitions: Sequence[int]) -> list[tuple[int, str]]: ...
 
     def workspace_settings(self, workspace_id: str) -> dict[str, Any]: ...
+
+    def active_definitions(self, workspace_id: str) -> list[tuple[int, dict[str, Any]]]:
+        """The (version, document) of each definition the processor activated."""
+        ...
+
+    def definition(self, workspace_id: str, kind: str, key: str,
+                   version: int) -> dict[str, Any] | None: ...  # fmt: skip
+
+    def profile_ids(self, workspace_id: str, partitions: Sequence[int], after: str,
+                    limit: int) -> list[str]: ...  # fmt: skip
+
+    def count_profiles(self, workspace_id: str, partitions: Sequence[int]) -> int: ...
+
+    def definition_progress(self, workspace_id: str, kind: str, key: str, version: int,
+                            state: str, done: int, total: int) -> None: ...  # fmt: skip
 
     def commit(self, commit: Commit) -> None: ...
 
@@ -114,15 +135,6 @@ def profile_id_for(workspace_id: str, message_id: str) -> str:
     return "p_" + digest.hexdigest()
 
 
-def _world_id(event: LoggedEvent) -> str:
-    world = event.context.get("world")
-    if isinstance(world, dict):
-        world = world.get("id")
-    if isinstance(world, str) and world:
-        return sys.intern(world[:100])  # shared by every profile and recent event held
-    return "web"  # pages and calls from outside any world
-
-
 class Processor:
     def __init__(
         self,
@@ -134,6 +146,7 @@ class Processor:
         batch_size: int = 2000,
         max_profiles: int = 20_000,
         max_identities: int = 100_000,
+        emit: bool = True,
     ) -> None:
         self.store = store
         self.read_log = read_log
@@ -142,6 +155,8 @@ class Processor:
         self.batch_size = batch_size
         self.max_profiles = max_profiles
         self.max_identities = max_identities
+        self.emit = emit  # membership events go to the log (not in replay: they are there)
+        self._definitions: dict[str, Definitions] = {}
         # Hot state, in least-recently-used order (dicts keep insertion order).
         self.profiles: dict[str, Profile] = {}
         self.identities: dict[IdentityKey, str] = {}
@@ -205,6 +220,8 @@ class Processor:
                 self._fire_timers(entry.partition, state.stream_time_ms, entry.offset)
             if maybe_event is not None:
                 self._apply(entry, maybe_event, ids)
+            elif entry.workspace_id == TICK_WORKSPACE and b'"definition"' in entry.body:
+                self._activate(entry)
             state.offset = entry.offset
         for state in self.state.values():  # an owned partition with no entries here moves on
             state.offset = max(state.offset, entries[-1].offset)
@@ -219,6 +236,9 @@ class Processor:
         self._tombstones: list[tuple[Profile, str]] = []
         self._merges: list[Merge] = []
         self._new_partition: dict[str, int] = {}
+        self._transitions: list[Transition] = []
+        self._outbox: list[LogRecord] = []
+        self._activated: list[tuple[str, str, str, int]] = []
 
     def _commit(self) -> None:
         self.store.commit(
@@ -229,10 +249,58 @@ class Processor:
                 merges=self._merges,
                 partitions=self.state,
                 partition_of_profile=self._new_partition,
+                transitions=self._transitions,
+                outbox=self._outbox,
+                activated=self._activated,
             )
         )
         self._begin_batch()
         self._evict()
+
+    def _record(self, transitions: list[Transition], partition: int) -> None:
+        """Membership changes: committed with the profiles, and sent to the log as events."""
+        self._transitions += transitions
+        self._count(partition, "segment_transitions", len(transitions))
+        if not self.emit:
+            return
+        for t in transitions:
+            profile = self.profiles.get(t.profile_id)
+            ids = profile.identities if profile is not None else {}
+            message_id = "seg_" + hashlib.blake2b(
+                f"{t.profile_id}\0{t.key}\0{t.version}\0{t.entered}\0{t.at}".encode(),
+                digest_size=12).hexdigest()  # fmt: skip
+            at = datetime.fromtimestamp(t.at / 1000, UTC)
+            properties: dict[str, Any] = {"segment": t.key, "version": t.version,
+                                          "profile_id": t.profile_id}  # fmt: skip
+            if t.backfill:
+                properties["backfill"] = True
+            if t.reason:
+                properties["reason"] = t.reason
+            event = Event(
+                message_id=message_id, workspace_id=t.workspace_id, source_id=SYSTEM_SOURCE,
+                channel="processor", type="track",
+                name="segment.entered" if t.entered else "segment.exited", custom=True,
+                tier=0, timestamp=at, received_at=at, properties=properties,
+                user_id=next(iter(ids.get("user_id", ())), None),
+                anonymous_id=next(iter(ids.get("anonymous_id", ())), None),
+                context={"profile_id": t.profile_id},
+            )  # fmt: skip
+            self._outbox.append(
+                LogRecord(t.workspace_id, message_id, partition, t.at, _encode(event))
+            )
+
+    def _definitions_for(self, workspace_id: str) -> Definitions:
+        found = self._definitions.get(workspace_id)
+        if found is None:
+            compiled = []
+            for version, document in self.store.active_definitions(workspace_id):
+                try:
+                    compiled.append(compile_definition(document, version))
+                except DefinitionError:
+                    log.exception("definition %s of %s no longer compiles; left out",
+                                  document.get("key"), workspace_id)  # fmt: skip
+            found = self._definitions[workspace_id] = Definitions(workspace_id, compiled)
+        return found
 
     def _evict(self) -> None:
         """Forget the least recently used profiles and identities beyond the bounds: they are
@@ -253,6 +321,68 @@ class Processor:
                      bool(settings.get("raw_telemetry", False)))  # fmt: skip
             self._settings[workspace_id] = found
         return found[1], found[2]
+
+    # -- definitions -----------------------------------------------------------------------
+
+    def _activate(self, entry: LogEntry) -> None:
+        """A segment or score definition takes effect here in the log: compute it over the
+        profiles of the partitions, from their history, then apply it to what follows."""
+        spec = json.loads(entry.body)["definition"]
+        ws, kind, key, version = spec["workspace_id"], spec["kind"], spec["key"], spec["version"]
+        document = self.store.definition(ws, kind, key, version)
+        old = self._definitions_for(ws)
+        if document is None or old.versions.get((kind, key), 0) >= version:
+            return  # unknown, or superseded already
+        definitions = [d for d in old.all() if (d.kind, d.key) != (kind, key)]
+        try:
+            new = Definitions(ws, [*definitions, compile_definition(document, version)])
+        except DefinitionError:
+            log.exception("definition %s %s v%d does not compile; not activated", kind, key,
+                          version)  # fmt: skip
+            self._count(entry.partition, "definitions_refused")
+            return
+        self._commit()  # everything before this place, under the old definitions
+        todo = backfill.change(old, new, [key] if kind == "score" else [])
+        history: dict[str, list[backfill.Past]] = {}
+        if todo:
+            history = backfill.collect(
+                self.read_log, entry.offset - 1, self.partitions, ws, todo.names,
+                self.store.lookup_identities, self._settings_for(ws)[0], self.catalogue,
+            )  # fmt: skip
+        keys = [key] if kind == "segment" else list(new.score_readers.get(key, ()))
+        keys += [k for b in todo.behaviours for k in new.readers.get(b.id, ())]
+        now = self.state[entry.partition].stream_time_ms
+        total = self.store.count_profiles(ws, self.partitions)
+        done, after = 0, ""
+        self.store.definition_progress(ws, kind, key, version, "backfilling", 0, total)
+        while ids := self.store.profile_ids(ws, self.partitions, after, 2000):
+            self._load([i for i in ids if i not in self.profiles])
+            for profile_id in ids:
+                profile = self.profiles.get(profile_id)
+                if profile is None:
+                    continue
+                past = history.pop(profile_id, None)
+                stale = [b for b in profile.aggregates if b not in new.behaviours]
+                for behaviour_id in stale:  # of definitions changed since
+                    del profile.aggregates[behaviour_id]
+                changed = bool(past or stale) or any(
+                    b.id in profile.aggregates for b in todo.behaviours) or any(
+                    m.key in profile.scores for m, _ in todo.rules)  # fmt: skip
+                if changed:
+                    backfill.apply(new, profile, past or (), todo)
+                transitions = new.evaluate_all(profile, now, keys, backfill=True)
+                if transitions:
+                    self._record(transitions, entry.partition)
+                if changed or transitions:
+                    self._touch(profile)
+            done, after = done + len(ids), ids[-1]
+            self._commit()
+            self.store.definition_progress(ws, kind, key, version, "backfilling", done, total)
+        self._definitions[ws] = new
+        self._activated.append((ws, kind, key, version))
+        self._commit()
+        self.store.definition_progress(ws, kind, key, version, "active", done, total)
+        self._count(entry.partition, "definitions_activated")
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -416,6 +546,10 @@ class Processor:
             Merge(ws, survivor.id, merged.id, entry.offset, entry.received_at_ms, ":".join(via))
         )
         self._count(entry.partition, "merges")
+        definitions = self._definitions_for(ws)
+        if not definitions.empty:
+            now = self.state[entry.partition].stream_time_ms
+            self._record(definitions.on_merge(survivor, merged, now), entry.partition)
         self._touch(survivor)
         return survivor
 
@@ -423,12 +557,17 @@ class Processor:
 
     def _touch(self, profile: Profile) -> None:
         self._dirty[profile.id] = profile
-        # A profile's timer only moves later as its sessions go on (or ends with them), so one
-        # already scheduled stays the earliest: when it fires, it reschedules what is left.
-        if profile.sessions and profile.id not in self._scheduled:
-            due = profile.next_timer()
-            if due is not None:
-                self._schedule(profile.id, due)
+        # A session's timer only moves later as it goes on (or ends with it), so one already
+        # scheduled stays the earliest: when it fires, it reschedules what is left. A segment's
+        # window may expire earlier than the timer scheduled (a late event, a shorter window).
+        scheduled = self._scheduled.get(profile.id)
+        if scheduled is None:
+            if profile.sessions or profile.due:
+                due = profile.next_timer()
+                if due is not None:
+                    self._schedule(profile.id, due)
+        elif profile.due and profile.due < scheduled:
+            self._schedule(profile.id, profile.due)
 
     def _schedule(self, profile_id: str, due: int) -> None:
         scheduled = self._scheduled.get(profile_id)
@@ -452,6 +591,9 @@ class Processor:
                 self._end_session(
                     profile, session, None, offset, synthetic=True, partition=partition
                 )
+            if profile.due and profile.due <= now:
+                definitions = self._definitions_for(profile.workspace_id)
+                self._record(definitions.on_timer(profile, now), partition)
             self._touch(profile)
 
     def _apply(self, entry: LogEntry, event: LoggedEvent, ids: list[Identity]) -> None:
@@ -463,6 +605,9 @@ class Processor:
             spec = self.catalogue.get(name)
             if spec is not None:
                 name = spec.name  # the catalogue's own string, shared
+        if event.source_id == SYSTEM_SOURCE:  # membership events: for journeys, not profiles
+            self._count(partition, "membership_events")
+            return
         types, raw_telemetry = self._settings_for(event.workspace_id)
         tier = event.tier
         if tier >= 3:  # never joined to a person, whatever the settings
@@ -496,15 +641,18 @@ class Processor:
                     properties = gate.minimise(spec, properties)
         key = _COUNTER_KEYS.get(name or event.type) or _counter_key(name or event.type)
         counters[key] = counters.get(key, 0) + 1
+        traits: Iterable[str] = ()
         if event.type == "identify" and event.traits:
             model.set_traits(profile, event.traits, at)
             model.apply_trait_operations(profile, event.traits, at)
+            traits = _changed_traits(event.traits)
         elif "$set" in properties or "$set_once" in properties or "$unset" in properties:
             model.apply_trait_operations(profile, properties, at)
-        world_id = _world_id(event)
+            traits = _changed_traits(properties, plain=False)
+        world_id = model.world_id(event.context)
         world = model.world_of(profile, world_id, at)
         world.events += 1
-        self._session(profile, event, world_id, at, entry, properties)
+        session_id = self._session(profile, event, world_id, at, entry, properties)
         if name is not None and spec is not None:
             if name.startswith(("object.", "product.", "cart.item_added")):
                 model.engage(world, name, properties, at)
@@ -519,20 +667,21 @@ class Processor:
         ))  # fmt: skip
         if len(recent) > model.RECENT_EVENTS:
             del recent[0]
+        definitions = self._definitions_for(event.workspace_id)
+        if not definitions.empty:
+            transitions = definitions.on_event(
+                profile, name if event.type == "track" else None, properties, world_id,
+                session_id, at, entry.offset, self.state[partition].stream_time_ms, traits,
+                consent=name == "consent.updated",
+            )  # fmt: skip
+            if transitions:
+                self._record(transitions, partition)
         self._touch(profile)
 
     def _session(self, profile: Profile, event: LoggedEvent, world_id: str, at: int,
-                 entry: LogEntry, properties: dict[str, Any]) -> None:  # fmt: skip
+                 entry: LogEntry, properties: dict[str, Any]) -> str:  # fmt: skip
         name = event.name
-        context = event.context
-        session_id = context.get("session_id") or context.get("sessionId")
-        if type(session_id) is not str:
-            if isinstance(session_id, int) and not isinstance(session_id, bool):
-                session_id = str(session_id)
-            else:
-                session_id = f"{world_id}~auto"
-        elif len(session_id) > 100:
-            session_id = session_id[:100]
+        session_id = model.session_id(event.context, world_id)
         sessions = profile.sessions
         session = sessions.get(session_id)
         if (
@@ -544,7 +693,7 @@ class Processor:
             session = None
         if session is None:
             if name == "session.ended":
-                return  # the end of a session already closed (for instance by a timeout)
+                return session_id  # the end of a session already closed (by a timeout…)
             for other in [s for s in sessions.values() if s.world == world_id]:
                 self._end_session(profile, other, None, entry.offset, True, entry.partition)
             session = sessions[session_id] = Session(
@@ -561,6 +710,7 @@ class Processor:
             session.active_ms += model.positive_int(properties.get("active_ms"))
         elif name == "session.ended":
             self._end_session(profile, session, properties, entry.offset, False, entry.partition)
+        return session_id
 
     def _end_session(self, profile: Profile, session: Session, properties: dict[str, Any] | None,
                      offset: int, synthetic: bool, partition: int) -> None:  # fmt: skip
@@ -580,9 +730,26 @@ class Processor:
             ))  # fmt: skip
             if len(profile.recent) > model.RECENT_EVENTS:
                 del profile.recent[0]
+        definitions = self._definitions_for(profile.workspace_id)
+        if definitions.session_readers:
+            now = self.state[partition].stream_time_ms
+            self._record(definitions.on_session_end(profile, now), partition)
 
 
 _COUNTER_KEYS: dict[str, str] = {}
+_TRAIT_OPERATIONS = ("$set", "$set_once", "$unset")
+
+
+def _changed_traits(fields: dict[str, Any], plain: bool = True) -> list[str]:
+    """The traits an identify's traits (``plain``) or ``$set``-style fields may change."""
+    names = [k for k in fields if not k.startswith("$")] if plain else []
+    for operation in _TRAIT_OPERATIONS:
+        value = fields.get(operation)
+        if isinstance(value, dict):
+            names += value
+        elif isinstance(value, list):
+            names += [k for k in value if isinstance(k, str)]
+    return names
 
 
 def _counter_key(name: str) -> str:

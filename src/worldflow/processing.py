@@ -29,7 +29,7 @@ from sqlalchemy.engine import Engine
 
 from worldflow.children import spawn_child, stop_child
 from worldflow.engine import TICK_WORKSPACE, Processor, tick_record_body
-from worldflow.log import LogRecord
+from worldflow.log import LogError, LogRecord
 from worldflow.log.sql import SqlEventLog, read_entries
 from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.schema import event_log
@@ -140,6 +140,7 @@ async def _loop(
     if writer_address:
         ticks = SqlEventLog(engine, writer_address)
         await ticks.start()
+    store = SqlProfileStore(engine)
     failures = 0
     current: Processor | None = processor
     try:
@@ -152,6 +153,8 @@ async def _loop(
                 failures = 0
                 if n:
                     settle_gc()
+                if ticks is not None and current.emit:
+                    await _flush_outbox(store, ticks)
             except Exception:  # the store failed: a PostgreSQL restart, a full disk…
                 current = None
                 failures += 1
@@ -177,6 +180,18 @@ async def _loop(
     finally:
         if ticks is not None:
             await ticks.close()
+
+
+async def _flush_outbox(store: SqlProfileStore, events: SqlEventLog) -> None:
+    """Membership events committed with the profiles go to the log; a crash in between sends
+    them again with the same message ids, which the log's deduplication drops."""
+    while pending := store.outbox_pending():
+        try:
+            await events.append([record for _, record in pending])
+        except LogError as exc:  # overloaded or restarting: the rows wait for the next turn
+            log.warning("membership events wait in the outbox: %s", exc)
+            return
+        store.outbox_done([row_id for row_id, _ in pending])
 
 
 def _process_main(store_url: str, partitions: Sequence[int], writer_address: str | None,
@@ -233,7 +248,8 @@ def replay(store_url: str, partitions: Sequence[int] = (0,),
             store.clear_derived()
             with engine.connect() as conn:
                 end = conn.execute(sa.select(sa.func.max(event_log.c.offset))).scalar()
-            processor = build(engine, partitions, **{"batch_size": 5_000, **(options or {})})
+            options = {"batch_size": 5_000, **(options or {}), "emit": False}
+            processor = build(engine, partitions, **options)
             tune_gc()
             while processor.step():
                 settle_gc()

@@ -15,6 +15,8 @@ from worldflow.events.model import Event, encode_event
 from worldflow.events.segment import SegmentTranslator
 from worldflow.log.sql import read_entries
 from worldflow.profiles.model import Profile
+from worldflow.segments.definition import validate
+from worldflow.store.definitions import SqlDefinitionStore, definition_record
 from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.schema import event_log
 from worldflow.store.sql import SqlStore
@@ -32,6 +34,7 @@ class Harness:
         self.sql.migrate()
         self.workspace = self.sql.bootstrap("wk_h", "wat_h").workspace_id
         self.store = SqlProfileStore(self.sql.engine)
+        self.definitions = SqlDefinitionStore(self.sql.engine)
         self.translator = SegmentTranslator(Catalogue.default(), 32_000, 10**9)
         self.now = T0  # receipt time of the next message
         self.options = processor_options
@@ -68,6 +71,18 @@ class Harness:
             conn.execute(sa.insert(event_log), [{
                 "workspace_id": TICK_WORKSPACE, "message_id": f"tick-{ms}", "partition": 0,
                 "received_at_ms": ms, "body": tick_record_body(ms)}])  # fmt: skip
+
+    def apply(self, document: dict[str, Any]) -> int:
+        """Store a definition and put its activation in the log, as the API does."""
+        checked = validate(document)
+        version, changed = self.definitions.put(self.workspace, checked)
+        if changed:
+            ms = int(self.now.timestamp() * 1000)
+            record = definition_record(self.workspace, checked["kind"], checked["key"],
+                                       version, 0, ms)  # fmt: skip
+            with self.sql.engine.begin() as conn:
+                conn.execute(sa.insert(event_log), [record._asdict()])
+        return version
 
     def process(self) -> int:
         total = 0

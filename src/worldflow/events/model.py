@@ -53,6 +53,7 @@ class LoggedEvent(msgspec.Struct, kw_only=True):
 
     message_id: str
     workspace_id: str
+    source_id: str = ""
     type: str
     name: str | None = None
     custom: bool = False

@@ -22,6 +22,8 @@ from typing import Any
 
 import msgspec
 
+from worldflow.segments.state import Agg, Score
+
 RECENT_EVENTS = 10
 SESSION_IDLE_MS = 30 * 60 * 1000
 MAX_KEYS = 200  # per map of zones, objects or products in one world: the most engaged stay
@@ -118,11 +120,18 @@ class Profile(msgspec.Struct, omit_defaults=True):
     recent: list[Recent] = []
     counters: dict[str, int] = {}  # events, events by name, minimised, … (later stages add more)
     merged_from: list[str] = []
+    segments: dict[str, int] = {}  # segment key → when the person entered it
+    scores: dict[str, Score] = {}  # score model key → value (read it with its model's decay)
+    aggregates: dict[str, Agg] = {}  # behaviour id → what segments count of it
+    caps: dict[str, tuple[int, float]] = {}  # score rule id → (period, points awarded in it)
+    due: int = 0  # when a window or a score next changes by itself (0: never)
 
     def next_timer(self) -> int | None:
+        due = self.due or None
         if not self.sessions:
-            return None
-        return min(s.last_received for s in self.sessions.values()) + SESSION_IDLE_MS
+            return due
+        session_due = min(s.last_received for s in self.sessions.values()) + SESSION_IDLE_MS
+        return session_due if due is None or session_due < due else due
 
 
 def new_profile(profile_id: str, workspace_id: str, offset: int, at: int) -> Profile:
@@ -209,6 +218,26 @@ def add_identity(profile: Profile, type_name: str, value: str) -> None:
 
 
 # --- worlds, objects, products -------------------------------------------------------------
+
+
+def world_id(context: dict[str, Any]) -> str:
+    """The world an event happened in: ``context.world.id`` or a string ``context.world``."""
+    world = context.get("world")
+    if isinstance(world, dict):
+        world = world.get("id")
+    if isinstance(world, str) and world:
+        return sys.intern(world[:100])  # shared by every profile and recent event held
+    return "web"  # pages and calls from outside any world
+
+
+def session_id(context: dict[str, Any], world: str) -> str:
+    """The client's ``context.session_id`` (or ``sessionId``), else one per world."""
+    found = context.get("session_id") or context.get("sessionId")
+    if type(found) is str:
+        return found[:100]
+    if isinstance(found, int) and not isinstance(found, bool):
+        return str(found)
+    return f"{world}~auto"
 
 
 def world_of(profile: Profile, world_id: str, at: int) -> World:

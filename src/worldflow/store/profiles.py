@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -18,15 +19,27 @@ from sqlalchemy.engine import Connection, Engine
 
 from worldflow.engine import Commit, IdentityKey, PartitionState
 from worldflow.identity.types import normalise
+from worldflow.log import LogRecord
 from worldflow.profiles.model import Profile, profile_decoder, profile_encoder
 from worldflow.store.schema import (
+    active_definitions,
+    definition_status,
+    definitions,
     event_log,
     identities,
+    outbox,
     processor_state,
     profile_merges,
     profiles,
+    segment_members,
+    segment_sizes,
     workspaces,
 )
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
 
 CHUNK = 500  # bound parameters per IN list: SQLite allows 32766, keep statements small
 TRAIT_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
@@ -110,9 +123,73 @@ class SqlProfileStore:
         settings = json.loads(raw) if raw else {}
         return settings if isinstance(settings, dict) else {}
 
+    def active_definitions(self, workspace_id: str) -> list[tuple[int, dict[str, Any]]]:
+        a, d = active_definitions.c, definitions.c
+        query = sa.select(a.version, d.document).join(definitions, sa.and_(
+            a.workspace_id == d.workspace_id, a.kind == d.kind, a.key == d.key,
+            a.version == d.version)).where(a.workspace_id == workspace_id)  # fmt: skip
+        with self.engine.connect() as conn:
+            return [(version, json.loads(document)) for version, document in conn.execute(query)]
+
+    def definition(self, workspace_id: str, kind: str, key: str,
+                   version: int) -> dict[str, Any] | None:  # fmt: skip
+        d = definitions.c
+        query = sa.select(d.document).where(d.workspace_id == workspace_id, d.kind == kind,
+                                            d.key == key, d.version == version)  # fmt: skip
+        with self.engine.connect() as conn:
+            document = conn.execute(query).scalar()
+        return None if document is None else dict(json.loads(document))
+
+    def profile_ids(self, workspace_id: str, partitions: Sequence[int], after: str,
+                    limit: int) -> list[str]:  # fmt: skip
+        c = profiles.c
+        query = (
+            sa.select(c.id)
+            .where(c.workspace_id == workspace_id, c.partition.in_(partitions),
+                   c.merged_into.is_(None), c.id > after)
+            .order_by(c.id)
+            .limit(limit)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
+    def count_profiles(self, workspace_id: str, partitions: Sequence[int]) -> int:
+        c = profiles.c
+        query = sa.select(sa.func.count()).where(
+            c.workspace_id == workspace_id, c.partition.in_(partitions), c.merged_into.is_(None)
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar() or 0)
+
+    def definition_progress(self, workspace_id: str, kind: str, key: str, version: int,
+                            state: str, done: int, total: int) -> None:  # fmt: skip
+        c = definition_status.c
+        with self.engine.begin() as conn:
+            conn.execute(
+                sa.update(definition_status)
+                .where(c.workspace_id == workspace_id, c.kind == kind, c.key == key,
+                       c.version == version)
+                .values(state=state, done=done, total=total, updated_at_ms=_now_ms())
+            )  # fmt: skip
+
     def commit(self, commit: Commit) -> None:
         with self.engine.begin() as conn:
             self._write_profiles(conn, commit)
+            if commit.transitions:
+                self._write_memberships(conn, commit)
+            if commit.outbox:
+                conn.execute(sa.insert(outbox), [
+                    {"workspace_id": r.workspace_id, "message_id": r.message_id,
+                     "partition": r.partition, "received_at_ms": r.received_at_ms, "body": r.body}
+                    for r in commit.outbox
+                ])  # fmt: skip
+            for ws, kind, key, version in commit.activated:
+                stmt = self._insert(active_definitions).values(
+                    workspace_id=ws, kind=kind, key=key, version=version
+                )
+                conn.execute(stmt.on_conflict_do_update(
+                    index_elements=["workspace_id", "kind", "key"],
+                    set_={"version": version}))  # fmt: skip
             if commit.identities:
                 conn.exec_driver_sql(
                     self._upsert_identity, [(*key, pid) for key, pid in commit.identities.items()]
@@ -136,6 +213,46 @@ class SqlProfileStore:
                  "counters": json.dumps(s.counters, sort_keys=True)}
                 for p, s in commit.partitions.items()
             ])  # fmt: skip
+
+    def _write_memberships(self, conn: Connection, commit: Commit) -> None:
+        final: dict[tuple[str, str, str], int | None] = {}  # the last word per membership
+        flows: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0])
+        for t in commit.transitions:
+            final[(t.workspace_id, t.key, t.profile_id)] = t.at if t.entered else None
+            flows[(t.workspace_id, t.key, t.at // 60_000)][0 if t.entered else 1] += 1
+        mark = self._mark
+        gone = [key for key, since in final.items() if since is None]
+        if gone:
+            conn.exec_driver_sql(
+                "DELETE FROM segment_members WHERE workspace_id = "
+                f"{mark} AND key = {mark} AND profile_id = {mark}", gone)  # fmt: skip
+        joined = [(*key, since) for key, since in final.items() if since is not None]
+        if joined:
+            conn.exec_driver_sql(
+                "INSERT INTO segment_members (workspace_id, key, profile_id, since_ms) VALUES "
+                f"({mark}, {mark}, {mark}, {mark}) ON CONFLICT (workspace_id, key, profile_id) "
+                "DO UPDATE SET since_ms = excluded.since_ms", joined)  # fmt: skip
+        conn.exec_driver_sql(
+            "INSERT INTO segment_sizes (workspace_id, key, minute, entered, exited) VALUES "
+            f"({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT (workspace_id, key, minute) "
+            "DO UPDATE SET entered = segment_sizes.entered + excluded.entered,"
+            " exited = segment_sizes.exited + excluded.exited",
+            [(*key, entered, exited) for key, (entered, exited) in flows.items()])  # fmt: skip
+
+    def outbox_pending(self, limit: int = 5000) -> list[tuple[int, LogRecord]]:
+        c = outbox.c
+        query = sa.select(outbox).order_by(c.id).limit(limit)
+        with self.engine.connect() as conn:
+            return [
+                (row.id, LogRecord(row.workspace_id, row.message_id, row.partition,
+                                   row.received_at_ms, bytes(row.body)))
+                for row in conn.execute(query)
+            ]  # fmt: skip
+
+    def outbox_done(self, ids: Sequence[int]) -> None:
+        with self.engine.begin() as conn:
+            for chunk in _chunks(list(ids)):
+                conn.execute(sa.delete(outbox).where(outbox.c.id.in_(chunk)))
 
     def _write_profiles(self, conn: Connection, commit: Commit) -> None:
         if commit.profiles:
@@ -251,5 +368,6 @@ class SqlProfileStore:
     def clear_derived(self) -> None:
         """Forget every derived row (replay rebuilds them from the log)."""
         with self.engine.begin() as conn:
-            for table in (processor_state, profile_merges, identities, profiles):
+            for table in (processor_state, profile_merges, identities, profiles,
+                          active_definitions, segment_members, segment_sizes, outbox):  # fmt: skip
                 conn.execute(sa.delete(table))

@@ -151,3 +151,72 @@ processor_state = Table(
     Column("stream_time_ms", BigInteger, nullable=False),
     Column("counters", Text, nullable=False),  # JSON {name: count}
 )
+
+# Segment and score definitions, every version as applied (docs/SEGMENTS.md). The processor
+# activates a version where the log says so; definition_status is what it reports back.
+definitions = Table(
+    "definitions",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),  # segment | score
+    Column("key", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("document", Text, nullable=False),  # JSON
+    Column("created_at_ms", BigInteger, nullable=False),
+)
+
+definition_status = Table(
+    "definition_status",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),  # the latest applied
+    Column("state", String(16), nullable=False),  # pending | backfilling | active | archived
+    Column("done", BigInteger, nullable=False, server_default="0"),  # backfill progress
+    Column("total", BigInteger, nullable=False, server_default="0"),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+# Derived (replay rebuilds them): the versions the processor has activated, who is in each
+# segment since when, how many entered and left each segment in each minute (the sum is its
+# size; several processors add to the same rows), and
+# membership events waiting to be appended to the log.
+active_definitions = Table(
+    "active_definitions",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("kind", String(16), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+)
+
+segment_members = Table(
+    "segment_members",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("profile_id", String(40), primary_key=True),
+    Column("since_ms", BigInteger, nullable=False),
+)
+
+segment_sizes = Table(
+    "segment_sizes",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("minute", BigInteger, primary_key=True, autoincrement=False),  # at_ms // 60000
+    Column("entered", BigInteger, nullable=False),
+    Column("exited", BigInteger, nullable=False),
+)
+
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", RowId, primary_key=True, autoincrement=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("message_id", String(64), nullable=False),
+    Column("partition", Integer, nullable=False),
+    Column("received_at_ms", BigInteger, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+)

@@ -1,0 +1,553 @@
+"""Segment and score documents: parsed, validated and compiled (semantics: docs/SEGMENTS.md).
+
+A document is checked whole before anything is compiled into the processor; every problem is
+a :class:`DefinitionError` naming its place (``condition.and[0][">="][0].count.within``) and
+what is wrong. Compiling a condition yields an evaluator of the profile's data and the
+dependencies the processor indexes segments by: the behaviours (windowed aggregates of events)
+it reads, traits, consent, scores, other segments, sessions, world statistics and the clock.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import hashlib
+import json
+import math
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from worldflow.segments.logic import (
+    Evaluator,
+    LogicError,
+    Operation,
+    compile_logic,
+    reads,
+    register_operation,
+    truthy,
+)
+
+KEY: Final = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
+EVENT_NAME: Final = re.compile(r"[A-Za-z0-9_.:$ /-]{1,200}")
+MEASURES: Final = ("count", "sum", "min", "max", "distinct", "first_time", "last_time")
+SIGNALS: Final = {  # attention signal → (event, property summed, or None to count)
+    "gaze_ms": ("object.gaze_dwell", "dwell_ms"),
+    "views": ("object.viewed", None),
+    "view_ms": ("object.viewed", "view_ms"),
+    "hovers": ("object.hovered", None),
+    "selects": ("object.selected", None),
+    "grabs": ("object.grabbed", None),
+    "details": ("product.detail_opened", None),
+    "try_ons": ("product.tried_on", None),
+    "cart_adds": ("cart.item_added", None),
+}
+ATTENTION_TARGETS: Final = {
+    "object": "obj.object_id",
+    "product": "obj.product.sku",
+    "category": "obj.product.category",
+}
+MEMBERSHIP_EVENTS: Final = frozenset({"segment.entered", "segment.exited"})
+PERIODS: Final = ("hour", "day", "week")
+_UNITS: Final = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000,
+                 "w": 604_800_000}  # fmt: skip
+_DURATION: Final = re.compile(r"(?:(\d{1,9})(ms|s|m|h|d|w))+")
+_PART: Final = re.compile(r"(\d{1,9})(ms|s|m|h|d|w)")
+MAX_WINDOW_MS: Final = 400 * 86_400_000
+
+
+class DefinitionError(ValueError):
+    """A document that is not a valid definition; ``path`` locates the problem."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        super().__init__(f"{path}: {problem}" if path else problem)
+        self.path = path
+        self.problem = problem
+
+
+def parse_duration(value: Any, path: str) -> int:
+    """``"90s"``, ``"1h30m"``, ``"7d"`` → milliseconds (a number is taken as milliseconds)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        ms = value
+    elif isinstance(value, str) and _DURATION.fullmatch(value.strip()):
+        ms = sum(int(n) * _UNITS[u] for n, u in _PART.findall(value))
+    else:
+        raise DefinitionError(path, f"{value!r} is not a duration: 90s, 10m, 2h, 7d, 1h30m…")
+    if not 0 < ms <= MAX_WINDOW_MS:
+        raise DefinitionError(path, f"{value!r} must be longer than 0 and at most 400d")
+    return ms
+
+
+# --- behaviours -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Behaviour:
+    """Events of one name that satisfy a condition on their properties, in one window: the
+    unit of incremental state. Conditions that differ only in what they measure (count, sum…)
+    share one behaviour, and so one aggregate per profile."""
+
+    id: str
+    event: str
+    where: Any  # a JSON Logic rule on the properties, or None
+    of: str | None  # the property measured (sum, min, max, distinct)
+    world: str | None
+    window_ms: int | None  # None: all time (or the session)
+    session: bool
+    keep_times: bool  # sequences need every matching event's time, even over all time
+    matches: Evaluator = field(compare=False, repr=False)
+    value_of: Callable[[dict[str, Any]], Any] = field(compare=False, repr=False)
+
+    @property
+    def entries(self) -> bool:
+        """Whether each matching event is kept (a window, a session, or a sequence step)."""
+        return self.window_ms is not None or self.session or self.keep_times
+
+
+def _behaviour(
+    event: str,
+    where: Any,
+    of: str | None,
+    world: str | None,
+    within: Any,
+    path: str,
+    keep_times: bool = False,
+) -> Behaviour:
+    if not isinstance(event, str) or not EVENT_NAME.fullmatch(event):
+        raise DefinitionError(f"{path}.event", f"{event!r} is not an event name")
+    if event in MEMBERSHIP_EVENTS:
+        raise DefinitionError(f"{path}.event", "use in_segment for segment membership")
+    if of is not None and (not isinstance(of, str) or not of or len(of) > 200):
+        raise DefinitionError(f"{path}.of", f"{of!r} is not a property path such as total.amount")
+    if world is not None and (not isinstance(world, str) or not world):
+        raise DefinitionError(f"{path}.world", f"{world!r} is not a world id")
+    window_ms, session = None, False
+    if within == "session":
+        session = True
+    elif within is not None:
+        window_ms = parse_duration(within, f"{path}.within")
+    if where is not None and _uses_profile_operators(where):
+        raise DefinitionError(f"{path}.where", "a condition on event properties cannot use "
+                              "profile operators (count, consent, score, in_segment…)")  # fmt: skip
+    try:
+        rule = compile_logic(where, f"{path}.where") if where is not None else None
+    except LogicError as exc:
+        raise DefinitionError(exc.path, exc.problem) from None
+    matches = _always if rule is None else (lambda props: truthy(rule(props)))
+    identity = json.dumps([event, where, of, world, window_ms, session, keep_times],
+                          sort_keys=True, separators=(",", ":"))  # fmt: skip
+    digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
+    return Behaviour(digest, event, where, of, world, window_ms, session, keep_times, matches,
+                     _getter(of))  # fmt: skip
+
+
+def _always(data: Any) -> bool:
+    return True
+
+
+def _getter(path: str | None) -> Callable[[dict[str, Any]], Any]:
+    if path is None:
+        return lambda props: None
+    steps = path.split(".")
+
+    def get(props: dict[str, Any]) -> Any:
+        value: Any = props
+        for step in steps:
+            if type(value) is not dict:
+                return None
+            value = value.get(step)
+        return value if type(value) in (str, int, float, bool) else None
+
+    return get
+
+
+def _uses_profile_operators(rule: Any) -> bool:
+    return bool(reads(rule) & {"$profile"})
+
+
+def _unknown(allowed: set[str]) -> str:
+    return f"unknown field; expected one of {', '.join(sorted(allowed))}"
+
+
+def _fields(arg: Any, path: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+    if not isinstance(arg, dict):
+        raise DefinitionError(path, f"expects an object with {', '.join(sorted(required))}")
+    for name in arg:
+        if name not in allowed:
+            raise DefinitionError(f"{path}.{name}", _unknown(allowed))
+    for name in sorted(required - set(arg)):
+        raise DefinitionError(f"{path}.{name}", "is required")
+    return arg
+
+
+# --- compiling conditions ---------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Needs:
+    """What one compiled condition depends on."""
+
+    behaviours: dict[str, Behaviour] = field(default_factory=dict)
+    traits: set[str] = field(default_factory=set)  # "*" for all of them
+    consent: bool = False
+    scores: set[str] = field(default_factory=set)
+    segments: set[str] = field(default_factory=set)
+    sessions: bool = False  # per-session behaviours
+    activity: bool = False  # counters, world statistics, first and last seen
+    clock: bool = False  # reads "now": evaluated again at every timer
+
+
+_NEEDS: contextvars.ContextVar[Needs] = contextvars.ContextVar("needs")
+_BEHAVIOUR_FIELDS: Final = {"event", "where", "of", "world", "within"}
+_ACTIVITY: Final = ("counters", "worlds", "first_seen", "last_seen", "orders", "sessions",
+                    "active_ms", "events", "identities")  # fmt: skip
+
+
+class Scope:
+    """What evaluating a segment's condition on one profile at one time needs; the data passed
+    to evaluators carries it under ``"$"``."""
+
+    __slots__ = ()
+
+    def measure(self, behaviour: Behaviour, measure: str) -> Any:
+        raise NotImplementedError
+
+    def sequence(self, steps: list[Behaviour], within_ms: int | None) -> bool:
+        raise NotImplementedError
+
+    def consent(self, purpose: str) -> bool:
+        raise NotImplementedError
+
+    def score(self, model: str) -> float:
+        raise NotImplementedError
+
+    def in_segment(self, key: str) -> bool:
+        raise NotImplementedError
+
+
+def _needs() -> Needs:
+    try:
+        return _NEEDS.get()
+    except LookupError:
+        return Needs()  # compiled outside a definition (the plain logic tests): discarded
+
+
+def _measure_compiler(measure: str) -> Callable[[Operation], Evaluator]:
+    def compile_measure(op: Operation) -> Evaluator:
+        path = op.arg_path(0)
+        arg = _fields(op.args[0] if op.args else None, path, _BEHAVIOUR_FIELDS, {"event"})
+        if measure in ("sum", "min", "max", "distinct") and "of" not in arg:
+            raise DefinitionError(f"{path}.of", f"{measure} needs the property to measure")
+        behaviour = _behaviour(arg["event"], arg.get("where"), arg.get("of"), arg.get("world"),
+                               arg.get("within"), path)  # fmt: skip
+        return _measured(behaviour, measure)
+
+    return compile_measure
+
+
+def _measured(behaviour: Behaviour, measure: str) -> Evaluator:
+    needs = _needs()
+    needs.behaviours[behaviour.id] = behaviour
+    needs.sessions |= behaviour.session
+
+    def evaluate(data: Any) -> Any:
+        scope = data.get("$") if type(data) is dict else None
+        return None if scope is None else scope.measure(behaviour, measure)
+
+    return evaluate
+
+
+def _is_behaviour(op: Operation) -> bool:
+    return len(op.args) == 1 and isinstance(op.args[0], dict) and "event" in op.args[0]
+
+
+def _min_max(measure: str, builtin: Callable[[Operation], Evaluator]) -> Callable[..., Evaluator]:
+    """``min`` and ``max`` of a behaviour measure it; of anything else they are JSON Logic's."""
+
+    def compile_either(op: Operation) -> Evaluator:
+        return _measure_compiler(measure)(op) if _is_behaviour(op) else builtin(op)
+
+    return compile_either
+
+
+def _compile_sequence(op: Operation) -> Evaluator:
+    path = op.arg_path(0)
+    arg = _fields(op.args[0] if op.args else None, path, {"steps", "within", "window", "world"},
+                  {"steps"})  # fmt: skip
+    steps = arg["steps"]
+    if not isinstance(steps, list) or not 2 <= len(steps) <= 10:
+        raise DefinitionError(f"{path}.steps", "expects a list of 2 to 10 steps")
+    within = parse_duration(arg["within"], f"{path}.within") if "within" in arg else None
+    window = arg.get("window")
+    behaviours = []
+    for i, raw in enumerate(steps):
+        step_path = f"{path}.steps[{i}]"
+        step = _fields(raw, step_path, {"event", "where", "world"}, {"event"})
+        behaviours.append(_behaviour(step["event"], step.get("where"), None,
+                                     step.get("world", arg.get("world")), window, step_path,
+                                     keep_times=True))  # fmt: skip
+    needs = _needs()
+    for behaviour in behaviours:
+        needs.behaviours[behaviour.id] = behaviour
+
+    def evaluate(data: Any) -> bool:
+        scope = data.get("$") if type(data) is dict else None
+        return False if scope is None else scope.sequence(behaviours, within)
+
+    return evaluate
+
+
+def _compile_dwell(op: Operation) -> Evaluator:
+    path = op.arg_path(0)
+    arg = _fields(op.args[0] if op.args else None, path, {"zone", "world", "within"}, {"zone"})
+    if not isinstance(arg["zone"], str) or not arg["zone"]:
+        raise DefinitionError(f"{path}.zone", f"{arg['zone']!r} is not a zone id")
+    behaviour = _behaviour("zone.exited", {"==": [{"var": "zone_id"}, arg["zone"]]}, "dwell_ms",
+                           arg.get("world"), arg.get("within"), path)  # fmt: skip
+    return _measured(behaviour, "sum")
+
+
+def _compile_attention(op: Operation) -> Evaluator:
+    path = op.arg_path(0)
+    allowed = {*ATTENTION_TARGETS, "signal", "world", "within"}
+    arg = _fields(op.args[0] if op.args else None, path, allowed, set())
+    targets = [t for t in ATTENTION_TARGETS if t in arg]
+    if len(targets) != 1:
+        raise DefinitionError(path, "names exactly one of object, product or category")
+    target = targets[0]
+    if not isinstance(arg[target], str) or not arg[target]:
+        raise DefinitionError(f"{path}.{target}", f"{arg[target]!r} is not a {target} id")
+    signal = arg.get("signal", "gaze_ms")
+    if signal not in SIGNALS:
+        raise DefinitionError(f"{path}.signal",
+                              f"{signal!r} is not one of {', '.join(SIGNALS)}")  # fmt: skip
+    event, of = SIGNALS[signal]
+    where = {"==": [{"var": ATTENTION_TARGETS[target]}, arg[target]]}
+    behaviour = _behaviour(event, where, of, arg.get("world"), arg.get("within"), path)
+    return _measured(behaviour, "sum" if of else "count")
+
+
+def _name_argument(op: Operation, what: str, pattern: re.Pattern[str] | None = None) -> str:
+    value = op.args[0] if len(op.args) == 1 else None
+    if not isinstance(value, str) or not value or (pattern and not pattern.fullmatch(value)):
+        raise op.error(f"expects one {what} as a string")
+    return value
+
+
+def _compile_consent(op: Operation) -> Evaluator:
+    purpose = _name_argument(op, "consent purpose")
+    _needs().consent = True
+
+    def evaluate(data: Any) -> bool:
+        scope = data.get("$") if type(data) is dict else None
+        return False if scope is None else scope.consent(purpose)
+
+    return evaluate
+
+
+def _compile_score(op: Operation) -> Evaluator:
+    model = _name_argument(op, "score model key", KEY)
+    _needs().scores.add(model)
+
+    def evaluate(data: Any) -> float:
+        scope = data.get("$") if type(data) is dict else None
+        return 0 if scope is None else scope.score(model)
+
+    return evaluate
+
+
+def _compile_in_segment(op: Operation) -> Evaluator:
+    key = _name_argument(op, "segment key", KEY)
+    _needs().segments.add(key)
+
+    def evaluate(data: Any) -> bool:
+        scope = data.get("$") if type(data) is dict else None
+        return False if scope is None else scope.in_segment(key)
+
+    return evaluate
+
+
+def _profile_reads(args: list[Any]) -> set[str]:
+    return {"$profile"}
+
+
+def _register() -> None:
+    from worldflow.segments import logic
+
+    for measure in ("count", "sum", "distinct", "first_time", "last_time"):
+        register_operation(measure, _measure_compiler(measure), reads=_profile_reads)
+    for measure in ("min", "max"):
+        builtin = logic._OPERATIONS[measure]
+        register_operation(measure, _min_max(measure, builtin.compiler),
+                           reads=_min_max_reads(builtin.reads), replace=True)  # fmt: skip
+    register_operation("sequence", _compile_sequence, reads=_profile_reads, boolean=True)
+    register_operation("dwell", _compile_dwell, reads=_profile_reads)
+    register_operation("attention", _compile_attention, reads=_profile_reads)
+    register_operation("consent", _compile_consent, reads=_profile_reads, boolean=True)
+    register_operation("score", _compile_score, reads=_profile_reads)
+    register_operation("in_segment", _compile_in_segment, reads=_profile_reads, boolean=True)
+
+
+def _min_max_reads(builtin: Callable[[list[Any]], set[str]] | None) -> Callable[..., set[str]]:
+    def read(args: list[Any]) -> set[str]:
+        if len(args) == 1 and isinstance(args[0], dict) and "event" in args[0]:
+            return {"$profile"}
+        found: set[str] = set()
+        for arg in args:
+            found |= reads(arg)
+        return found if builtin is None else builtin(args)
+
+    return read
+
+
+_register()
+
+
+def compile_condition(rule: Any, path: str = "condition") -> tuple[Evaluator, Needs]:
+    """A segment's condition → its evaluator and what it depends on."""
+    needs = Needs()
+    token = _NEEDS.set(needs)
+    try:
+        evaluate = compile_logic(rule, path)
+    except LogicError as exc:
+        raise DefinitionError(exc.path, exc.problem) from None
+    finally:
+        _NEEDS.reset(token)
+    for read in reads(rule) - {"$profile"}:
+        head = read.split(".", 1)[0]
+        if read == "*":
+            needs.traits.add("*")
+            needs.activity = needs.clock = True
+        elif head == "traits":
+            needs.traits.add(read.split(".")[1] if "." in read else "*")
+        elif head == "now":
+            needs.clock = True
+        elif head in _ACTIVITY:
+            needs.activity = True
+    return evaluate, needs
+
+
+# --- documents --------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class Segment:
+    kind: ClassVar[str] = "segment"
+    key: str
+    version: int
+    document: dict[str, Any]
+    evaluate: Evaluator
+    needs: Needs
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreRule:
+    id: str  # "<model>#<index>"
+    behaviour: Behaviour
+    points: float
+    cap: float | None
+    per: str | None
+
+
+@dataclass(slots=True)
+class ScoreModel:
+    kind: ClassVar[str] = "score"
+    key: str
+    version: int
+    document: dict[str, Any]
+    rules: list[ScoreRule]
+    half_life_ms: int | None
+    step_ms: int
+    timezone: ZoneInfo
+
+
+Definition = Segment | ScoreModel
+
+_SEGMENT_FIELDS: Final = {"kind", "key", "name", "description", "condition"}
+_SCORE_FIELDS: Final = {"kind", "key", "name", "description", "half_life", "decay_step",
+                        "timezone", "rules"}  # fmt: skip
+_RULE_FIELDS: Final = {"event", "where", "world", "points", "cap"}
+
+
+def validate(raw: Any, kind: str | None = None, key: str | None = None) -> dict[str, Any]:
+    """Check a document's shape and return it with ``kind`` and ``key`` filled in."""
+    if not isinstance(raw, dict):
+        raise DefinitionError("", "a definition is an object (a YAML mapping)")
+    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
+    kind = document.setdefault("kind", kind or "segment")
+    if kind not in ("segment", "score"):
+        raise DefinitionError("kind", f"{kind!r} is not segment or score")
+    if key is not None and document.setdefault("key", key) != key:
+        raise DefinitionError("key", f"{document['key']!r} differs from {key!r} in the URL")
+    if not isinstance(document.get("key"), str) or not KEY.fullmatch(document["key"]):
+        raise DefinitionError("key", f"{document.get('key')!r} is not a key: lower-case "
+                              "letters, digits, - and _, at most 64")  # fmt: skip
+    for name in ("name", "description"):
+        if name in document and not isinstance(document[name], str):
+            raise DefinitionError(name, "must be a string")
+    allowed = _SEGMENT_FIELDS if kind == "segment" else _SCORE_FIELDS
+    for name in document:
+        if name not in allowed:
+            raise DefinitionError(name, _unknown(allowed))
+    compile_definition(document, 0)  # every other check happens while compiling
+    return document
+
+
+def compile_definition(document: dict[str, Any], version: int) -> Definition:
+    if document.get("kind", "segment") == "segment":
+        if "condition" not in document:
+            raise DefinitionError("condition", "is required")
+        evaluate, needs = compile_condition(document["condition"])
+        if document["key"] in needs.segments:
+            raise DefinitionError("condition", "a segment cannot depend on itself")
+        return Segment(document["key"], version, document, evaluate, needs)
+    return _compile_score_model(document, version)
+
+
+def _compile_score_model(document: dict[str, Any], version: int) -> ScoreModel:
+    key = document["key"]
+    half_life = document.get("half_life")
+    half_life_ms = parse_duration(half_life, "half_life") if half_life is not None else None
+    step_ms = parse_duration(document.get("decay_step", "1d"), "decay_step")
+    try:
+        tz = ZoneInfo(str(document.get("timezone", "UTC")))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DefinitionError("timezone", f"{document.get('timezone')!r} is not an IANA time "
+                              "zone such as Europe/Paris") from None  # fmt: skip
+    rules = document.get("rules")
+    if not isinstance(rules, list) or not 1 <= len(rules) <= 200:
+        raise DefinitionError("rules", "expects a list of 1 to 200 rules")
+    compiled = []
+    for i, raw in enumerate(rules):
+        path = f"rules[{i}]"
+        rule = _fields(raw, path, _RULE_FIELDS, {"event", "points"})
+        points = rule["points"]
+        if isinstance(points, bool) or not isinstance(points, int | float) or math.isnan(points):
+            raise DefinitionError(f"{path}.points", f"{points!r} is not a number")
+        cap, per = None, None
+        if "cap" in rule:
+            spec = _fields(rule["cap"], f"{path}.cap", {"points", "per"}, {"points", "per"})
+            cap, per = spec["points"], spec["per"]
+            if isinstance(cap, bool) or not isinstance(cap, int | float) or cap <= 0:
+                raise DefinitionError(f"{path}.cap.points", f"{cap!r} is not a positive number")
+            if per not in PERIODS:
+                raise DefinitionError(f"{path}.cap.per", f"{per!r} is not one of hour, day, week")
+        behaviour = _behaviour(rule["event"], rule.get("where"), None, rule.get("world"), None,
+                               path)  # fmt: skip
+        compiled.append(ScoreRule(f"{key}#{i}", behaviour, float(points), cap, per))
+    return ScoreModel(key, version, document, compiled, half_life_ms, step_ms, tz)
+
+
+def iter_documents(text: str, source: str = "") -> Iterator[dict[str, Any]]:
+    """The definitions in a YAML or JSON text (several YAML documents, or a list, allowed)."""
+    import yaml
+
+    try:
+        loaded = list(yaml.safe_load_all(text))
+    except yaml.YAMLError as exc:
+        raise DefinitionError(source, f"not YAML or JSON: {exc}") from None
+    for item in loaded:
+        for document in item if isinstance(item, list) else [item]:
+            if document is not None:
+                yield document

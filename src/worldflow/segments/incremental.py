@@ -1,0 +1,368 @@
+"""One workspace's active segments and score models, evaluated incrementally on profiles.
+
+The processor calls :meth:`Definitions.on_event` for each event applied to a profile,
+:meth:`~Definitions.on_timer` when the profile's timer falls due, and
+:meth:`~Definitions.on_session_end` and :meth:`~Definitions.on_merge` when those happen. Each
+updates the aggregates and scores the event feeds, evaluates only the segments that can have
+changed (in dependency order) and returns the membership transitions.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from worldflow.profiles.model import Profile
+from worldflow.segments import state
+from worldflow.segments.definition import (
+    Behaviour,
+    Definition,
+    DefinitionError,
+    Scope,
+    ScoreModel,
+    ScoreRule,
+    Segment,
+)
+from worldflow.segments.logic import truthy
+from worldflow.segments.state import Agg
+
+
+@dataclass(slots=True)
+class Transition:
+    profile_id: str
+    workspace_id: str
+    key: str
+    version: int
+    entered: bool
+    at: int
+    backfill: bool = False
+    reason: str | None = None  # "merged" when the profile was merged into another
+
+
+class _ProfileScope(Scope):
+    __slots__ = ("definitions", "now", "profile", "sessions")
+
+    def __init__(self, definitions: Definitions, profile: Profile, now: int) -> None:
+        self.definitions = definitions
+        self.profile = profile
+        self.now = now
+        self.sessions = profile.sessions
+
+    def measure(self, behaviour: Behaviour, measure: str) -> Any:
+        agg = self.profile.aggregates.get(behaviour.id)
+        return state.measure(agg, behaviour, measure, self.now, self.sessions)
+
+    def sequence(self, steps: list[Behaviour], within_ms: int | None) -> bool:
+        aggregates = self.profile.aggregates
+        lists = []
+        for step in steps:
+            agg = aggregates.get(step.id)
+            if agg is None or not agg.entries:
+                return False
+            lists.append(state.live(agg, step, self.now, self.sessions))
+        return state.sequence(lists, within_ms)
+
+    def consent(self, purpose: str) -> bool:
+        entry = self.profile.consent.get(purpose)
+        return entry is not None and entry.granted
+
+    def score(self, model: str) -> float:
+        found = self.definitions.scores.get(model)
+        if found is None:
+            return 0.0
+        return state.score_value(self.profile.scores.get(model), found, self.now)
+
+    def in_segment(self, key: str) -> bool:
+        return key in self.profile.segments
+
+
+class Definitions:
+    """The compiled, indexed definitions of one workspace."""
+
+    def __init__(self, workspace_id: str, definitions: Iterable[Definition]) -> None:
+        self.workspace_id = workspace_id
+        self.segments: dict[str, Segment] = {}
+        self.scores: dict[str, ScoreModel] = {}
+        for definition in definitions:
+            if isinstance(definition, Segment):
+                self.segments[definition.key] = definition
+            else:
+                self.scores[definition.key] = definition
+        self.order = _dependency_order(self.segments)
+        self.versions = {(d.kind, d.key): d.version for d in self.all()}
+        self.rank = {key: i for i, key in enumerate(self.order)}
+        self.behaviours: dict[str, Behaviour] = {}
+        self.by_event: dict[str, list[Behaviour]] = defaultdict(list)
+        self.readers: dict[str, list[str]] = defaultdict(list)  # behaviour id → segments
+        self.trait_readers: dict[str, list[str]] = defaultdict(list)
+        self.all_trait_readers: list[str] = []
+        self.consent_readers: list[str] = []
+        self.session_readers: list[str] = []
+        self.activity_readers: list[str] = []
+        self.clock_readers: list[str] = []
+        self.score_readers: dict[str, list[str]] = defaultdict(list)
+        self.dependents: dict[str, list[str]] = defaultdict(list)
+        for key in self.order:
+            needs = self.segments[key].needs
+            for behaviour in needs.behaviours.values():
+                if behaviour.id not in self.behaviours:
+                    self.behaviours[behaviour.id] = behaviour
+                    self.by_event[behaviour.event].append(behaviour)
+                self.readers[behaviour.id].append(key)
+            for trait in needs.traits:
+                if trait == "*":
+                    self.all_trait_readers.append(key)
+                else:
+                    self.trait_readers[trait].append(key)
+            for flag, readers in ((needs.consent, self.consent_readers),
+                                  (needs.sessions, self.session_readers),
+                                  (needs.activity, self.activity_readers),
+                                  (needs.clock, self.clock_readers)):  # fmt: skip
+                if flag:
+                    readers.append(key)
+            for score in needs.scores:
+                self.score_readers[score].append(key)
+            for other in needs.segments:
+                self.dependents[other].append(key)
+        self.rules_by_event: dict[str, list[tuple[ScoreModel, ScoreRule]]] = defaultdict(list)
+        for model in self.scores.values():
+            for rule in model.rules:
+                self.rules_by_event[rule.behaviour.event].append((model, rule))
+        self.decaying = [m for m in self.scores.values()
+                         if m.half_life_ms is not None and m.key in self.score_readers]  # fmt: skip
+        self.decaying_keys = {m.key for m in self.decaying}
+        self.empty = not self.segments and not self.scores
+
+    def all(self) -> list[Definition]:
+        return [*self.segments.values(), *self.scores.values()]
+
+    # -- the processor's hooks ---------------------------------------------------------------
+
+    def on_event(self, profile: Profile, name: str | None, properties: dict[str, Any],
+                 world: str, session: str, at: int, offset: int, now: int,
+                 traits: Iterable[str] = (),
+                 consent: bool = False) -> list[Transition]:  # fmt: skip
+        """An event applied to the profile at log time ``now``."""
+        affected: set[str] = set()
+        timed = False
+        if name is not None and (name in self.by_event or name in self.rules_by_event):
+            timed = self.feed(profile, name, properties, world, session, at, offset, now,
+                              affected)  # fmt: skip
+        for trait in traits:
+            affected.update(self.trait_readers.get(trait, ()))
+            affected.update(self.all_trait_readers)
+        if consent:
+            affected.update(self.consent_readers)
+        if self.activity_readers:
+            affected.update(self.activity_readers)
+        if self.session_readers and name is not None:
+            affected.update(self.session_readers)  # a new session may have begun
+        transitions = self._evaluate(profile, affected, now) if affected else []
+        if timed or transitions:
+            self._schedule(profile, now)
+        return transitions
+
+    def feed(self, profile: Profile, name: str, properties: dict[str, Any], world: str,
+             session: str, at: int, offset: int, now: int, affected: set[str],
+             behaviours: Iterable[Behaviour] | None = None,
+             rules: Iterable[tuple[ScoreModel, ScoreRule]] | None = None) -> bool:  # fmt: skip
+        """Fold an event into the aggregates and scores it feeds (by default all of them),
+        adding the segments that read them to ``affected``; whether a timer may have moved."""
+        at = min(at, now)  # an event from the future happened when it arrived
+        timed = False
+        for behaviour in self.by_event.get(name, ()) if behaviours is None else behaviours:
+            if behaviour.world is not None and behaviour.world != world:
+                continue
+            if behaviour.window_ms is not None and at <= now - behaviour.window_ms:
+                continue  # it arrived after its window had passed over it
+            if not behaviour.matches(properties):
+                continue
+            agg = profile.aggregates.get(behaviour.id)
+            if agg is None:
+                agg = profile.aggregates[behaviour.id] = Agg()
+            state.fold(agg, behaviour, at, offset, behaviour.value_of(properties), session)
+            affected.update(self.readers.get(behaviour.id, ()))
+            timed = timed or behaviour.window_ms is not None
+        for model, rule in self.rules_by_event.get(name, ()) if rules is None else rules:
+            behaviour = rule.behaviour
+            if behaviour.world is not None and behaviour.world != world:
+                continue
+            if behaviour.matches(properties) and state.award(
+                profile.scores, profile.caps, model, rule, at, now
+            ):
+                affected.update(self.score_readers.get(model.key, ()))
+                timed = timed or model.key in self.decaying_keys
+        return timed
+
+    def on_timer(self, profile: Profile, now: int) -> list[Transition]:
+        """Time passed: evaluate, at each instant a window or a score changes, what it changes."""
+        transitions: list[Transition] = []
+        while profile.due and profile.due <= now:
+            instant = profile.due
+            affected: set[str] = set(self.clock_readers)
+            for behaviour_id, agg in profile.aggregates.items():
+                behaviour = self.behaviours.get(behaviour_id)
+                if behaviour is None:
+                    continue
+                expires = state.expiry(agg, behaviour)
+                if expires is not None and expires <= instant:
+                    state.prune(agg, behaviour, instant, profile.sessions)
+                    affected.update(self.readers[behaviour.id])
+            for model in self.decaying:
+                if model.key in profile.scores:
+                    affected.update(self.score_readers[model.key])
+            transitions += self._evaluate(profile, affected, instant)
+            self._schedule(profile, instant)
+        return transitions
+
+    def on_session_end(self, profile: Profile, now: int) -> list[Transition]:
+        if not self.session_readers:
+            return []
+        for behaviour in self.behaviours.values():
+            agg = profile.aggregates.get(behaviour.id)
+            if behaviour.session and agg is not None:
+                state.prune(agg, behaviour, now, profile.sessions)
+        return self._evaluate(profile, set(self.session_readers), now)
+
+    def on_merge(self, survivor: Profile, merged: Profile, now: int) -> list[Transition]:
+        """After profile.model.merge_into: fold the merged profile's state into the survivor,
+        and evaluate the survivor again; the merged profile leaves its segments."""
+        for behaviour_id, agg in merged.aggregates.items():
+            mine = survivor.aggregates.get(behaviour_id)
+            if mine is None:
+                survivor.aggregates[behaviour_id] = agg
+            else:
+                state.merge(mine, agg)
+        for key, score in merged.scores.items():
+            model = self.scores.get(key)
+            if model is not None:
+                survivor.scores[key] = state.merge_score(survivor.scores.get(key), score, model,
+                                                         now)  # fmt: skip
+        for rule_id, (period, spent) in merged.caps.items():
+            mine_period, mine_spent = survivor.caps.get(rule_id, (period, 0.0))
+            if period == mine_period:
+                survivor.caps[rule_id] = (period, mine_spent + spent)
+            elif period > mine_period:
+                survivor.caps[rule_id] = (period, spent)
+        transitions = [
+            Transition(merged.id, self.workspace_id, key, self._version(key), False, now,
+                       reason="merged")
+            for key in merged.segments
+        ]  # fmt: skip
+        merged.segments = {}
+        transitions += self._evaluate(survivor, set(self.segments), now)
+        self._schedule(survivor, now)
+        return transitions
+
+    def evaluate_all(self, profile: Profile, now: int, keys: Iterable[str] | None = None,
+                     backfill: bool = False) -> list[Transition]:  # fmt: skip
+        """Evaluate the given segments (all by default) and their dependents."""
+        transitions = self._evaluate(profile, set(self.segments if keys is None else keys), now,
+                                     backfill)  # fmt: skip
+        self._schedule(profile, now)
+        return transitions
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _version(self, key: str) -> int:
+        segment = self.segments.get(key)
+        return segment.version if segment is not None else 0
+
+    def data(self, profile: Profile, now: int) -> dict[str, Any]:
+        """What a condition's ``var`` reads, with the scope the profile operators use."""
+        data: dict[str, Any] = {
+            "traits": profile.traits,
+            "counters": profile.counters,
+            "first_seen": profile.first_seen,
+            "last_seen": profile.last_seen,
+            "identities": profile.identities,
+            "now": now,
+            "$": _ProfileScope(self, profile, now),
+        }
+        if self.activity_readers:
+            worlds: dict[str, dict[str, int]] = {}
+            totals = dict.fromkeys(("events", "sessions", "active_ms", "orders"), 0)
+            for world_id, world in profile.worlds.items():
+                worlds[world_id] = {"events": world.events, "sessions": world.sessions,
+                                    "active_ms": world.active_ms, "orders": world.orders,
+                                    "first_seen": world.first_seen,
+                                    "last_seen": world.last_seen}  # fmt: skip
+                for name in totals:
+                    totals[name] += worlds[world_id][name]
+            data["worlds"] = worlds
+            data.update(totals)
+        return data
+
+    def _evaluate(self, profile: Profile, keys: set[str], now: int,
+                  backfill: bool = False) -> list[Transition]:  # fmt: skip
+        rank, segments, members = self.rank, self.segments, profile.segments
+        heap = [rank[key] for key in keys if key in rank]
+        heapq.heapify(heap)
+        done: set[int] = set()
+        data: dict[str, Any] | None = None
+        transitions: list[Transition] = []
+        while heap:
+            position = heapq.heappop(heap)
+            if position in done:
+                continue
+            done.add(position)
+            key = self.order[position]
+            if data is None:
+                data = self.data(profile, now)
+            segment = segments[key]
+            inside = truthy(segment.evaluate(data))
+            if inside == (key in members):
+                continue
+            if inside:
+                members[key] = now
+            else:
+                del members[key]
+            transitions.append(Transition(profile.id, profile.workspace_id, key,
+                                          segment.version, inside, now, backfill))  # fmt: skip
+            for dependent in self.dependents.get(key, ()):
+                heapq.heappush(heap, rank[dependent])
+        return transitions
+
+    def _schedule(self, profile: Profile, now: int) -> None:
+        """The profile's next instant at which a window or a score changes by itself."""
+        due = None
+        behaviours = self.behaviours
+        for behaviour_id, agg in profile.aggregates.items():
+            if agg.entries:
+                behaviour = behaviours.get(behaviour_id)
+                if behaviour is not None and behaviour.window_ms is not None:
+                    expires = agg.entries[0][0] + behaviour.window_ms
+                    if due is None or expires < due:
+                        due = expires
+        for model in self.decaying:
+            score_due = state.score_due(profile.scores.get(model.key), model, now)
+            if score_due is not None and (due is None or score_due < due):
+                due = score_due
+        profile.due = due or 0
+
+
+def _dependency_order(segments: dict[str, Segment]) -> list[str]:
+    """Segments after the segments they read; a cycle is a DefinitionError."""
+    order: list[str] = []
+    marks: dict[str, int] = {}
+
+    def visit(key: str, trail: Sequence[str]) -> None:
+        mark = marks.get(key)
+        if mark == 2:
+            return
+        if mark == 1:
+            cycle = " → ".join([*trail[trail.index(key) :], key])
+            raise DefinitionError(f"segments.{key}", f"segments read each other: {cycle}")
+        marks[key] = 1
+        for other in sorted(segments[key].needs.segments):
+            if other in segments:
+                visit(other, [*trail, key])
+        marks[key] = 2
+        order.append(key)
+
+    for key in sorted(segments):
+        visit(key, [])
+    return order
