@@ -28,6 +28,7 @@ from worldflow.config import Settings, load_settings
 from worldflow.log import LogError, LogOverloaded
 from worldflow.metrics import Metrics
 from worldflow.profiles import api as profiles_api
+from worldflow.segments import api as segments_api
 from worldflow.services import Services, prepare
 
 log = logging.getLogger("worldflow")
@@ -177,6 +178,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(stream.router)
     app.include_router(admin.router)
     app.include_router(profiles_api.router)
+    app.include_router(segments_api.router)
 
     # Browsers post to the ingest paths from any page of the brand's site or world.
     app.add_middleware(

@@ -241,6 +241,30 @@ def simulate(
     simulate_command(url, write_key, avatars, minutes, seed, rate)
 
 
+@app.command("apply")
+def apply_command(
+    path: Annotated[Path, typer.Argument(help="A YAML/JSON file or a directory of them")],
+    url: Annotated[str, typer.Option(help="Worldflow server")] = "http://127.0.0.1:8080",
+    token: Annotated[
+        str, typer.Option(envvar="WORLDFLOW_ADMIN_TOKEN", help="An admin API token")
+    ] = "",
+) -> None:
+    """Apply segment and score definitions (docs/SEGMENTS.md) to a running server."""
+    from worldflow.segments.apply import ApplyError, apply
+
+    if not token:
+        console.print("[red]error:[/red] --token (or WORLDFLOW_ADMIN_TOKEN) is required")
+        raise typer.Exit(2)
+    try:
+        answers = apply(path, url, token)
+    except ApplyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    for answer in answers:
+        state = f"version {answer['version']}" + ("" if answer["changed"] else " (unchanged)")
+        typer.echo(f"{answer['kind']} {answer['key']}: {state}")
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

@@ -380,8 +380,7 @@ class Processor:
             self.store.definition_progress(ws, kind, key, version, "backfilling", done, total)
         self._definitions[ws] = new
         self._activated.append((ws, kind, key, version))
-        self._commit()
-        self.store.definition_progress(ws, kind, key, version, "active", done, total)
+        self._commit()  # with the status: active
         self._count(entry.partition, "definitions_activated")
 
     # -- loading ---------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from worldflow.log.sql import SqlEventLog
 from worldflow.log.writer import WriterProcess
 from worldflow.metrics import Metrics
 from worldflow.processing import ProcessorProcess
+from worldflow.store.definitions import SqlDefinitionStore
 from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.sql import Bootstrap, SqlStore
 
@@ -84,6 +85,7 @@ class Services:
     segment: SegmentTranslator
     cloudevents: CloudEventsTranslator
     profiles: SqlProfileStore
+    definitions: SqlDefinitionStore
     writer: WriterProcess | None = None  # owned by this process when it is the only worker
     processor: ProcessorProcess | None = None  # likewise
     ready: bool = False
@@ -120,6 +122,7 @@ class Services:
             ),
             cloudevents=CloudEventsTranslator(catalogue),
             profiles=SqlProfileStore(store.engine),
+            definitions=SqlDefinitionStore(store.engine),
             writer=writer,
             processor=processor_process(settings, address) if writer is not None else None,
         )

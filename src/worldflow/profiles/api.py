@@ -6,6 +6,7 @@ micro-batch that applied it (see ``GET /v1/processor`` for how far it is).
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -17,6 +18,9 @@ from worldflow.admin import Read, _services
 from worldflow.collect.errors import ApiError
 from worldflow.identity.types import DEFAULT_TYPES
 from worldflow.profiles.model import Profile
+from worldflow.segments.definition import ScoreModel, compile_definition
+from worldflow.segments.state import score_value
+from worldflow.services import Services
 
 router = APIRouter(prefix="/v1", tags=["profiles"])
 
@@ -38,7 +42,20 @@ def _times(value: Any) -> Any:
     return value
 
 
-def profile_json(profile: Profile) -> dict[str, Any]:
+def score_models(svc: Services, workspace_id: str) -> dict[str, ScoreModel]:
+    """The workspace's active score models (a profile's scores are read through them)."""
+    models = {}
+    for version, document in svc.profiles.active_definitions(workspace_id):
+        if document.get("kind") == "score":
+            model = compile_definition(document, version)
+            assert isinstance(model, ScoreModel)
+            models[model.key] = model
+    return models
+
+
+def profile_json(profile: Profile, models: dict[str, ScoreModel] | None = None) -> dict[str, Any]:
+    """A profile for readers; scores are decayed to now by their ``models``."""
+    now = time.time_ns() // 1_000_000
     data = msgspec.to_builtins(
         {"consent": profile.consent, "worlds": profile.worlds, "sessions": profile.sessions}
     )
@@ -64,7 +81,14 @@ def profile_json(profile: Profile) -> dict[str, Any]:
             for r in reversed(profile.recent)
         ],
         "merged_from": profile.merged_from,
-    }
+        "segments": {key: _iso(since) for key, since in profile.segments.items()},
+        "scores": {key: round(score_value(value, (models or {})[key], now), 3)
+                   for key, value in profile.scores.items() if key in (models or {})},
+    }  # fmt: skip
+
+
+async def _models(request: Request, workspace_id: str) -> dict[str, ScoreModel]:
+    return await run_in_threadpool(score_models, _services(request), workspace_id)
 
 
 def _not_found(what: str) -> ApiError:
@@ -89,7 +113,7 @@ async def profile_by_identity(
     )
     if profile is None:
         raise _not_found(f"{identity_type} {value!r}")
-    return profile_json(profile)
+    return profile_json(profile, await _models(request, token.workspace_id))
 
 
 @router.get("/profiles/{profile_id}")
@@ -101,7 +125,7 @@ async def profile_by_id(
     profile = await run_in_threadpool(store.profile, token.workspace_id, profile_id)
     if profile is None:
         raise _not_found(f"id {profile_id!r}")
-    body = profile_json(profile)
+    body = profile_json(profile, await _models(request, token.workspace_id))
     body["merges"] = await run_in_threadpool(store.merges, token.workspace_id, profile.id)
     return body
 
@@ -120,7 +144,8 @@ async def search_profiles(
         found = await run_in_threadpool(store.search, token.workspace_id, trait, value, limit)
     except ValueError as exc:
         raise ApiError(400, "invalid_trait", str(exc)) from exc
-    return {"profiles": [profile_json(p) for p in found]}
+    models = await _models(request, token.workspace_id)
+    return {"profiles": [profile_json(p, models) for p in found]}
 
 
 @router.get("/processor")

@@ -167,3 +167,33 @@ def apply(definitions: Definitions, profile: Profile, history: Iterable[Past],
                 properties = gate.minimise(past.spec, properties)
         definitions.feed(profile, past.name, properties, past.world, past.session, past.at,
                          past.offset, past.now, unused, feeds[0], feeds[1])  # fmt: skip
+
+
+def preview(document: dict[str, Any], workspace_id: str,
+            active: Iterable[tuple[int, dict[str, Any]]],
+            history_of: Callable[[Change, Definitions], dict[str, list[Past]]],
+            pages: Iterable[Iterable[Profile]], now: int, sample: int = 10,
+            ) -> dict[str, Any]:  # fmt: skip
+    """Evaluate a segment over profiles (copies: nothing is written) without activating it."""
+    from worldflow.segments.definition import compile_definition
+
+    segment = compile_definition(document, 0)
+    key = segment.key
+    current = [compile_definition(d, v) for v, d in active
+               if (d.get("kind", "segment"), d.get("key")) != ("segment", key)]  # fmt: skip
+    base = Definitions(workspace_id, current)
+    new = Definitions(workspace_id, [*current, segment])
+    todo = change(base, new)
+    history = history_of(todo, new) if todo else {}
+    size = evaluated = 0
+    members: list[str] = []
+    for page in pages:
+        for profile in page:
+            evaluated += 1
+            apply(new, profile, history.get(profile.id, ()), todo)
+            new.evaluate_all(profile, now, [key])
+            if key in profile.segments:
+                size += 1
+                if len(members) < sample:
+                    members.append(profile.id)
+    return {"size": size, "profiles": evaluated, "sample": members}

@@ -43,10 +43,13 @@ SIGNALS: Final = {  # attention signal → (event, property summed, or None to c
     "try_ons": ("product.tried_on", None),
     "cart_adds": ("cart.item_added", None),
 }
-ATTENTION_TARGETS: Final = {
-    "object": "obj.object_id",
-    "product": "obj.product.sku",
-    "category": "obj.product.category",
+ATTENTION_TARGETS: Final[dict[str, Callable[[str], Any]]] = {  # target → condition on obj
+    "object": lambda v: {"==": [{"var": "obj.object_id"}, v]},
+    "product": lambda v: {"==": [{"var": "obj.product.sku"}, v]},
+    # A product's category: obj.product.category, or a tag of the object.
+    "category": lambda v: {
+        "or": [{"==": [{"var": "obj.product.category"}, v]}, {"in": [v, {"var": "obj.tags"}]}]
+    },
 }
 MEMBERSHIP_EVENTS: Final = frozenset({"segment.entered", "segment.exited"})
 PERIODS: Final = ("hour", "day", "week")
@@ -200,8 +203,8 @@ class Needs:
 
 _NEEDS: contextvars.ContextVar[Needs] = contextvars.ContextVar("needs")
 _BEHAVIOUR_FIELDS: Final = {"event", "where", "of", "world", "within"}
-_ACTIVITY: Final = ("counters", "worlds", "first_seen", "last_seen", "orders", "sessions",
-                    "active_ms", "events", "identities")  # fmt: skip
+_ACTIVITY: Final = ("counters", "worlds", "world_ids", "first_seen", "last_seen", "orders",
+                    "sessions", "active_ms", "events", "identities")  # fmt: skip
 
 
 class Scope:
@@ -323,7 +326,7 @@ def _compile_attention(op: Operation) -> Evaluator:
         raise DefinitionError(f"{path}.signal",
                               f"{signal!r} is not one of {', '.join(SIGNALS)}")  # fmt: skip
     event, of = SIGNALS[signal]
-    where = {"==": [{"var": ATTENTION_TARGETS[target]}, arg[target]]}
+    where = ATTENTION_TARGETS[target](arg[target])
     behaviour = _behaviour(event, where, of, arg.get("world"), arg.get("within"), path)
     return _measured(behaviour, "sum" if of else "count")
 

@@ -293,6 +293,7 @@ class Definitions:
                 for name in totals:
                     totals[name] += worlds[world_id][name]
             data["worlds"] = worlds
+            data["world_ids"] = list(worlds)
             data.update(totals)
         return data
 

@@ -190,6 +190,10 @@ class SqlProfileStore:
                 conn.execute(stmt.on_conflict_do_update(
                     index_elements=["workspace_id", "kind", "key"],
                     set_={"version": version}))  # fmt: skip
+                s = definition_status.c
+                conn.execute(sa.update(definition_status).where(
+                    s.workspace_id == ws, s.kind == kind, s.key == key, s.version == version,
+                ).values(state="active", done=s.total, updated_at_ms=_now_ms()))  # fmt: skip
             if commit.identities:
                 conn.exec_driver_sql(
                     self._upsert_identity, [(*key, pid) for key, pid in commit.identities.items()]
