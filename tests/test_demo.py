@@ -20,3 +20,5 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert "merges" in out.stdout
     assert "One person, one profile" in out.stdout  # a profile stitched across worlds
     assert "quarantined" in out.stdout
+    assert "applied segment sneaker-fans" in out.stdout
+    assert "segments, live" in out.stdout

@@ -27,13 +27,15 @@ from rich.panel import Panel
 from rich.table import Table
 
 from worldflow.metrics import latency_quantiles
-from worldflow.simulate import SimulationReport, run
+from worldflow.segments.apply import apply
+from worldflow.simulate import DEFAULT_MODEL, SimulationReport, run
 
 # Fixed, local-only demo secrets so the printed curl examples work.
 WRITE_KEY = "wk_demo_showroom"
 ADMIN_TOKEN = "wat_demo_admin"  # noqa: S105
 
 console = Console()
+SEGMENTS = DEFAULT_MODEL.parent / "segments"  # the example workspace's segments and scores
 
 
 def _get(url: str, *, admin: bool = True) -> Any:
@@ -57,12 +59,14 @@ class Dashboard:
         self.report = SimulationReport()
         self.status: dict[str, Any] = {}
         self.metrics = ""
+        self.segments: list[dict[str, Any]] = []
         self.started = time.monotonic()
 
     def refresh(self) -> None:
         try:
             self.status = _get(f"{self.url}/v1/processor")
             self.metrics = _get(f"{self.url}/metrics", admin=False).decode()
+            self.segments = _get(f"{self.url}/v1/segments")["segments"]
         except (OSError, ValueError):
             pass  # the next refresh will do
 
@@ -92,7 +96,19 @@ class Dashboard:
         ]  # fmt: skip
         for label, value in rows:
             table.add_row(label, value)
-        return Group(Panel(table, title="Worldflow demo: two simulated hours across three worlds"))
+        segments = Table(box=None, pad_edge=False)
+        segments.add_column("segment", style="bold cyan")
+        segments.add_column("people", justify="right")
+        segments.add_column("what it means")
+        for segment in self.segments:
+            about = segment["definition"].get("description") or segment["definition"].get("name")
+            segments.add_row(segment["key"], f"{segment['size']:,}", about or "")
+        title = (f"segments, live ({counters.get('segment_transitions', 0):,} entries and exits,"
+                 " each an event in the log)")  # fmt: skip
+        return Group(
+            Panel(table, title="Worldflow demo: two simulated hours across three worlds"),
+            Panel(segments, title=title),
+        )
 
 
 def _start_server(args: argparse.Namespace, url: str) -> subprocess.Popen[bytes]:
@@ -159,6 +175,8 @@ def _show_person(person: dict[str, Any]) -> None:
     consent = ", ".join(f"{k}={'yes' if v['granted'] else 'no'}"
                         for k, v in person["consent"].items())  # fmt: skip
     table.add_row("consent", consent or "not given yet")
+    table.add_row("segments", ", ".join(person["segments"]) or "-")
+    table.add_row("scores", ", ".join(f"{k} {v:g}" for k, v in person["scores"].items()) or "-")
     console.print(table)
 
 
@@ -174,6 +192,9 @@ def main() -> None:
     with console.status("starting the Worldflow server…"):
         server = _start_server(args, url)
     try:
+        for answer in apply(SEGMENTS, url, ADMIN_TOKEN):
+            console.print(f"applied {answer['kind']} [bold]{answer['key']}[/bold] "
+                          f"version {answer['version']}")  # fmt: skip
         dashboard = Dashboard(url)
         done = threading.Event()
 
@@ -214,6 +235,7 @@ def main() -> None:
             f"  a profile         curl {bearer} {url}/v1/profiles/{someone}\n"
             f"  by identity       curl {bearer} {url}/v1/profiles/by/user_id/{user}\n"
             f"  by trait          curl {bearer} '{url}/v1/profiles?trait=plan&value=vip'\n"
+            f"  segments          curl {bearer} {url}/v1/segments/sneaker-fans\n"
             f"  the processor     curl {bearer} {url}/v1/processor\n"
             f"  quarantine        curl {bearer} {url}/v1/quarantine\n"
             f"  metrics           {url}/metrics\n"
