@@ -11,8 +11,17 @@ import sqlalchemy as sa
 
 from tests.processor.harness import T0, Harness
 from worldflow.processing import replay
-from worldflow.simulate import Simulation, load_world_model
-from worldflow.store.schema import identities, processor_state, profile_merges, profiles
+from worldflow.segments.apply import documents
+from worldflow.simulate import DEFAULT_MODEL, Simulation, load_world_model
+from worldflow.store.schema import (
+    active_definitions,
+    identities,
+    processor_state,
+    profile_merges,
+    profiles,
+    segment_members,
+    segment_sizes,
+)
 
 
 def derived(h: Harness) -> dict[str, Any]:
@@ -24,7 +33,9 @@ def derived(h: Harness) -> dict[str, Any]:
                 tuple(r)[1:] for r in conn.execute(sa.select(profile_merges))
             ),  # without the row id
             "state": sorted(map(tuple, conn.execute(sa.select(processor_state)))),
-        }
+            **{table.name: sorted(map(tuple, conn.execute(sa.select(table))))
+               for table in (active_definitions, segment_members, segment_sizes)},
+        }  # fmt: skip
 
 
 def simulated_day(h: Harness, visitors: int) -> None:
@@ -48,7 +59,17 @@ def test_replay_equals_live_processing_through_evictions_restarts_and_crashes(
 ) -> None:
     h = Harness(store_url, batch_size=97, max_profiles=40, max_identities=90)
     try:
+        # The example workspace's segments and scores from the start; after the day, a new
+        # segment that needs the day's history, and a changed one (both backfilled).
+        examples = sorted((d for _, d in documents(DEFAULT_MODEL.parent / "segments")),
+                          key=lambda d: d["kind"] != "score")  # fmt: skip
+        for document in examples:
+            h.apply(document)
         simulated_day(h, 80)
+        h.apply({"key": "grabbers", "condition": {">=": [{"count": {
+            "event": "object.grabbed", "within": "12h"}}, 2]}})  # fmt: skip
+        h.apply({"key": "engaged", "condition": {">=": [{"score": "engagement"}, 30]}})
+        h.tick(h.now + timedelta(days=1))  # windows slide past the day
         # Live: small micro-batches, tiny caches (profiles come and go from the store), a
         # restart, and a crash inside a commit (the transaction rolls back).
         for _ in range(5):
@@ -75,6 +96,8 @@ def test_replay_equals_live_processing_through_evictions_restarts_and_crashes(
         counters = h.processor.counters()
         assert counters["merges"] > 0
         assert counters["sessions_synthesised"] > 0
+        assert counters["segment_transitions"] > 100
+        assert len(live["segment_members"]) > 20
         replay(h.sql.url)
         assert derived(h) == live
         assert sum(p["events"] for p in _bodies(h)) == counters["events"]
