@@ -48,7 +48,10 @@ ATTENTION_TARGETS: Final[dict[str, Callable[[str], Any]]] = {  # target → cond
     "product": lambda v: {"==": [{"var": "obj.product.sku"}, v]},
     # A product's category: obj.product.category, or a tag of the object.
     "category": lambda v: {
-        "or": [{"==": [{"var": "obj.product.category"}, v]}, {"in": [v, {"var": "obj.tags"}]}]
+        "or": [
+            {"==": [{"var": "obj.product.category"}, v]},
+            {"some": [{"var": "obj.tags"}, {"==": [{"var": ""}, v]}]},  # a tag, not a substring
+        ]
     },
 }
 MEMBERSHIP_EVENTS: Final = frozenset({"segment.entered", "segment.exited"})

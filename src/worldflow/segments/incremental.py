@@ -156,6 +156,8 @@ class Definitions:
             affected.update(self.all_trait_readers)
         if consent:
             affected.update(self.consent_readers)
+        if self.clock_readers:
+            affected.update(self.clock_readers)
         if self.activity_readers:
             affected.update(self.activity_readers)
         if self.session_readers and name is not None:
