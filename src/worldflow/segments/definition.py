@@ -26,6 +26,7 @@ from worldflow.segments.logic import (
     compile_logic,
     reads,
     register_operation,
+    to_number,
     truthy,
 )
 
@@ -104,6 +105,9 @@ class Behaviour:
     keep_times: bool  # sequences need every matching event's time, even over all time
     matches: Evaluator = field(compare=False, repr=False)
     value_of: Callable[[dict[str, Any]], Any] = field(compare=False, repr=False)
+    # Where ``where`` can only hold when one of these holds: (property path, "==" or "has",
+    # a string); empty when it cannot be told. The processor indexes behaviours by them.
+    keys: tuple[tuple[str, str, str], ...] = field(compare=False, repr=False, default=())
 
     @property
     def entries(self) -> bool:
@@ -145,7 +149,52 @@ def _behaviour(
                           sort_keys=True, separators=(",", ":"))  # fmt: skip
     digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
     return Behaviour(digest, event, where, of, world, window_ms, session, keep_times, matches,
-                     _getter(of))  # fmt: skip
+                     _getter(of), tuple(_index_keys(where) or ()))  # fmt: skip
+
+
+def _index_keys(where: Any) -> list[tuple[str, str, str]] | None:
+    """Conditions under which ``where`` may hold, any of them: a property equal to a string
+    (that no number equals) or an array property holding one; None when it cannot be told."""
+    if type(where) is not dict or len(where) != 1:
+        return None
+    ((name, args),) = where.items()
+    if type(args) is not list:
+        return None
+    if name in ("==", "===") and len(args) == 2:
+        for var, literal in (args, args[::-1]):
+            if _plain_var(var) and _indexable(literal):
+                return [(var["var"], "==", literal)]
+    if name == "some" and len(args) == 2 and _plain_var(args[0]):
+        inner = args[1]
+        if type(inner) is dict and list(inner) == ["=="] and type(inner["=="]) is list:
+            pair = inner["=="]
+            for var, literal in (pair, pair[::-1]):
+                if var in ({"var": ""}, {"var": None}) and _indexable(literal):
+                    return [(args[0]["var"], "has", literal)]
+    if name == "and":
+        for arg in args:
+            found = _index_keys(arg)
+            if found:
+                return found
+    if name == "or" and args:
+        keys: list[tuple[str, str, str]] = []
+        for arg in args:
+            found = _index_keys(arg)
+            if not found:
+                return None
+            keys += found
+        return keys
+    return None
+
+
+def _plain_var(value: Any) -> bool:
+    return (type(value) is dict and len(value) == 1 and type(value.get("var")) is str
+            and bool(value["var"]))  # fmt: skip
+
+
+def _indexable(value: Any) -> bool:
+    """A string no number, boolean or null equals under JSON Logic's ==."""
+    return type(value) is str and value.strip() != "" and to_number(value) != to_number(value)
 
 
 def _always(data: Any) -> bool:
@@ -200,8 +249,13 @@ class Needs:
     scores: set[str] = field(default_factory=set)
     segments: set[str] = field(default_factory=set)
     sessions: bool = False  # per-session behaviours
-    activity: bool = False  # counters, world statistics, first and last seen
-    clock: bool = False  # reads "now": evaluated again at every timer
+    activity: bool = False  # world statistics, first and last seen: any event changes them
+    activity_events: set[str] = field(default_factory=set)  # counters of these events only
+    clock: bool = False  # reads "now": evaluated again at every change and timer
+    # Scores read only through comparisons with numbers: the membership can change only when
+    # the score crosses one of these. A score read any other way is in score_free.
+    score_thresholds: dict[str, set[float]] = field(default_factory=dict)
+    score_free: set[str] = field(default_factory=set)
 
 
 _NEEDS: contextvars.ContextVar[Needs] = contextvars.ContextVar("needs")
@@ -429,9 +483,51 @@ def compile_condition(rule: Any, path: str = "condition") -> tuple[Evaluator, Ne
             needs.traits.add(read.split(".")[1] if "." in read else "*")
         elif head == "now":
             needs.clock = True
+        elif head == "counters" and read.startswith("counters.events.") and len(read) > 16:
+            needs.activity_events.add(read[16:])  # the counter of one event name
+        elif head == "orders":
+            needs.activity_events.add("order.completed")
         elif head in _ACTIVITY:
             needs.activity = True
+    _score_uses(rule, needs)
     return evaluate, needs
+
+
+_COMPARISONS: Final = frozenset({"<", "<=", ">", ">=", "==", "!=", "===", "!=="})
+
+
+def _score_key(arg: Any) -> str | None:
+    if type(arg) is dict and len(arg) == 1 and "score" in arg:
+        key = arg["score"]
+        key = key[0] if type(key) is list and len(key) == 1 else key
+        return key if type(key) is str else None
+    return None
+
+
+def _score_uses(rule: Any, needs: Needs) -> None:
+    """Record, per score, the numbers it is compared with, or that it is read otherwise."""
+    if type(rule) is list:
+        for item in rule:
+            _score_uses(item, needs)
+        return
+    if type(rule) is not dict or len(rule) != 1:
+        return
+    ((name, value),) = rule.items()
+    if name == "score":
+        key = _score_key(rule)
+        if key is not None:
+            needs.score_free.add(key)
+        return
+    args = value if type(value) is list else [value]
+    if name in _COMPARISONS:
+        keys = [_score_key(arg) for arg in args]
+        numbers = [a for a in args if type(a) in (int, float)]
+        scored = [k for k in keys if k is not None]
+        if len(scored) == 1 and len(numbers) == len(args) - 1:
+            needs.score_thresholds.setdefault(scored[0], set()).update(map(float, numbers))
+            return
+    for arg in args:
+        _score_uses(arg, needs)
 
 
 # --- documents --------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from worldflow.segments.definition import (
     ScoreRule,
     Segment,
 )
-from worldflow.segments.logic import truthy
+from worldflow.segments.logic import Step, _lookup, _steps, truthy
 from worldflow.segments.state import Agg
 
 
@@ -79,6 +79,50 @@ class _ProfileScope(Scope):
         return key in self.profile.segments
 
 
+class _EventIndex:
+    """The behaviours of one event name, by the property values their conditions require, so
+    that an event is tested only against behaviours it may match."""
+
+    def __init__(self, behaviours: Iterable[Behaviour]) -> None:
+        self.unindexed: list[Behaviour] = []
+        # path → (its steps, behaviours by the string required, all behaviours on the path)
+        self.equal: dict[str, tuple[tuple[Step, ...], dict[str, list[Behaviour]],
+                                    list[Behaviour]]] = {}  # fmt: skip
+        self.member: dict[str, tuple[tuple[Step, ...], dict[str, list[Behaviour]],
+                                     list[Behaviour]]] = {}  # fmt: skip
+        for behaviour in behaviours:
+            if not behaviour.keys:
+                self.unindexed.append(behaviour)
+            for path, kind, value in behaviour.keys:
+                table = self.equal if kind == "==" else self.member
+                _, by_value, everything = table.setdefault(path, (_steps(path), {}, []))
+                by_value.setdefault(value, []).append(behaviour)
+                everything.append(behaviour)
+        self.indexed = bool(self.equal or self.member)
+
+    def candidates(self, properties: dict[str, Any]) -> Iterable[Behaviour]:
+        if not self.indexed:
+            return self.unindexed
+        found = list(self.unindexed)
+        for steps, by_value, everything in self.equal.values():
+            value = _lookup(properties, steps, None)
+            if type(value) is str:
+                found += by_value.get(value, ())
+            elif type(value) in (list, dict):  # JavaScript's == of an array and a string
+                found += everything
+        for steps, by_value, everything in self.member.values():
+            values = _lookup(properties, steps, None)
+            if type(values) is list:
+                for value in values:
+                    if type(value) is str:
+                        found += by_value.get(value, ())
+                    elif type(value) in (list, dict):
+                        found += everything
+        if len(found) > 1:
+            found = list({b.id: b for b in found}.values())  # an "or" may index one twice
+        return found
+
+
 class Definitions:
     """The compiled, indexed definitions of one workspace."""
 
@@ -101,9 +145,15 @@ class Definitions:
         self.all_trait_readers: list[str] = []
         self.consent_readers: list[str] = []
         self.session_readers: list[str] = []
-        self.activity_readers: list[str] = []
+        self.activity_readers: list[str] = []  # of statistics any event changes
+        self.activity_by_event: dict[str, list[str]] = defaultdict(list)  # of event counters
         self.clock_readers: list[str] = []
         self.score_readers: dict[str, list[str]] = defaultdict(list)
+        # Per score: each reader with the numbers it compares the score with (None: any change
+        # may matter), and the union of them (None when some reader needs every change).
+        self.score_reader_thresholds: dict[str, list[tuple[str, tuple[float, ...] | None]]] = (
+            defaultdict(list))  # fmt: skip
+        self.thresholds: dict[str, tuple[float, ...] | None] = {}
         self.dependents: dict[str, list[str]] = defaultdict(list)
         for key in self.order:
             needs = self.segments[key].needs
@@ -123,8 +173,16 @@ class Definitions:
                                   (needs.clock, self.clock_readers)):  # fmt: skip
                 if flag:
                     readers.append(key)
+            for event in needs.activity_events:
+                self.activity_by_event[event].append(key)
             for score in needs.scores:
                 self.score_readers[score].append(key)
+                found = needs.score_thresholds.get(score)
+                limits = None if score in needs.score_free or not found else tuple(sorted(found))
+                self.score_reader_thresholds[score].append((key, limits))
+                known = self.thresholds.get(score, ())
+                self.thresholds[score] = (None if limits is None or known is None
+                                          else tuple(sorted({*known, *limits})))  # fmt: skip
             for other in needs.segments:
                 self.dependents[other].append(key)
         self.rules_by_event: dict[str, list[tuple[ScoreModel, ScoreRule]]] = defaultdict(list)
@@ -134,6 +192,7 @@ class Definitions:
         self.decaying = [m for m in self.scores.values()
                          if m.half_life_ms is not None and m.key in self.score_readers]  # fmt: skip
         self.decaying_keys = {m.key for m in self.decaying}
+        self.index = {name: _EventIndex(found) for name, found in self.by_event.items()}
         self.empty = not self.segments and not self.scores
 
     def all(self) -> list[Definition]:
@@ -160,8 +219,12 @@ class Definitions:
             affected.update(self.clock_readers)
         if self.activity_readers:
             affected.update(self.activity_readers)
-        if self.session_readers and name is not None:
-            affected.update(self.session_readers)  # a new session may have begun
+        if self.activity_by_event:
+            if name is None:  # a call other than track: its counter is by type
+                for readers in self.activity_by_event.values():
+                    affected.update(readers)
+            else:
+                affected.update(self.activity_by_event.get(name, ()))
         transitions = self._evaluate(profile, affected, now) if affected else []
         if timed or transitions:
             self._schedule(profile, now)
@@ -175,7 +238,10 @@ class Definitions:
         adding the segments that read them to ``affected``; whether a timer may have moved."""
         at = min(at, now)  # an event from the future happened when it arrived
         timed = False
-        for behaviour in self.by_event.get(name, ()) if behaviours is None else behaviours:
+        if behaviours is None:
+            index = self.index.get(name)
+            behaviours = index.candidates(properties) if index is not None else ()
+        for behaviour in behaviours:
             if behaviour.world is not None and behaviour.world != world:
                 continue
             if behaviour.window_ms is not None and at <= now - behaviour.window_ms:
@@ -192,10 +258,14 @@ class Definitions:
             behaviour = rule.behaviour
             if behaviour.world is not None and behaviour.world != world:
                 continue
-            if behaviour.matches(properties) and state.award(
-                profile.scores, profile.caps, model, rule, at, now
-            ):
-                affected.update(self.score_readers.get(model.key, ()))
+            if not behaviour.matches(properties):
+                continue
+            before = state.score_value(profile.scores.get(model.key), model, now)
+            if state.award(profile.scores, profile.caps, model, rule, at, now):
+                after = state.score_value(profile.scores[model.key], model, now)
+                for key, limits in self.score_reader_thresholds.get(model.key, ()):
+                    if limits is None or state.crosses(before, after, limits):
+                        affected.add(key)
                 timed = timed or model.key in self.decaying_keys
         return timed
 
@@ -341,7 +411,8 @@ class Definitions:
                     if due is None or expires < due:
                         due = expires
         for model in self.decaying:
-            score_due = state.score_due(profile.scores.get(model.key), model, now)
+            score_due = state.score_due(profile.scores.get(model.key), model, now,
+                                        self.thresholds.get(model.key))  # fmt: skip
             if score_due is not None and (due is None or score_due < due):
                 due = score_due
         profile.due = due or 0

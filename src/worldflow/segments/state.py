@@ -197,11 +197,45 @@ def score_value(state: Score | None, model: ScoreModel, now: int) -> float:
     return 0.0 if abs(value) < ZERO else value
 
 
-def score_due(state: Score | None, model: ScoreModel, now: int) -> int | None:
-    """The next step boundary at which the score changes by itself, if it will."""
-    if state is None or model.half_life_ms is None or score_value(state, model, now) == 0:
+def score_due(state: Score | None, model: ScoreModel, now: int,
+              thresholds: tuple[float, ...] | None = None) -> int | None:  # fmt: skip
+    """The next step boundary at which the score, decaying by itself, changes (``thresholds``
+    None), or crosses one of ``thresholds`` or reaches 0; None if it never will."""
+    if state is None or model.half_life_ms is None:
         return None
-    return (now // model.step_ms + 1) * model.step_ms
+    value = score_value(state, model, now)
+    if value == 0:
+        return None
+    step = now // model.step_ms
+    if thresholds is None:
+        return (step + 1) * model.step_ms
+    limits = (0.0, *thresholds)
+
+    def crossed(n: int) -> bool:
+        return crosses(value, score_value(state, model, (step + n) * model.step_ms), limits)
+
+    # The decay is monotonic and reaches 0 (the cut-off) in finitely many steps: find the
+    # first step that crosses, by doubling then bisecting.
+    high = 1
+    while not crossed(high):
+        high *= 2
+    low = high // 2  # not crossed (or 0)
+    while high - low > 1:
+        middle = (low + high) // 2
+        if crossed(middle):
+            high = middle
+        else:
+            low = middle
+    return (step + high) * model.step_ms
+
+
+def _sign(x: float) -> int:
+    return (x > 0) - (x < 0)
+
+
+def crosses(before: float, after: float, limits: tuple[float, ...]) -> bool:
+    """Whether a comparison of the value with one of ``limits`` differs after the change."""
+    return any(_sign(before - limit) != _sign(after - limit) for limit in limits)
 
 
 def period(rule: ScoreRule, model: ScoreModel, at: int) -> int:
