@@ -213,6 +213,7 @@ class Processor:
         self._prefetch([(event, ids) for _, event, ids in decoded if event is not None])
         self._prefetch_timers(max(entry.received_at_ms for entry in entries))
         timers = self._timers
+        activations = _definition_runs(decoded)
         for entry, maybe_event, ids in decoded:
             state = self.state[entry.partition]
             state.stream_time_ms = max(state.stream_time_ms, entry.received_at_ms)
@@ -220,8 +221,8 @@ class Processor:
                 self._fire_timers(entry.partition, state.stream_time_ms, entry.offset)
             if maybe_event is not None:
                 self._apply(entry, maybe_event, ids)
-            elif entry.workspace_id == TICK_WORKSPACE and b'"definition"' in entry.body:
-                self._activate(entry)
+            elif entry.offset in activations:
+                self._activate(activations[entry.offset])
             state.offset = entry.offset
         for state in self.state.values():  # an owned partition with no entries here moves on
             state.offset = max(state.offset, entries[-1].offset)
@@ -324,37 +325,59 @@ class Processor:
 
     # -- definitions -----------------------------------------------------------------------
 
-    def _activate(self, entry: LogEntry) -> None:
-        """A segment or score definition takes effect here in the log: compute it over the
-        profiles of the partitions, from their history, then apply it to what follows."""
-        spec = json.loads(entry.body)["definition"]
-        ws, kind, key, version = spec["workspace_id"], spec["kind"], spec["key"], spec["version"]
-        document = self.store.definition(ws, kind, key, version)
+    def _activate(self, entries: list[LogEntry]) -> None:
+        """Segment and score definitions take effect here in the log (``entries``: records
+        next to each other, activated together): compute them over the profiles of the
+        partitions, from their history, then apply them to what follows."""
+        by_workspace: dict[str, dict[tuple[str, str], int]] = {}
+        for entry in entries:
+            spec = json.loads(entry.body)["definition"]
+            wanted = by_workspace.setdefault(spec["workspace_id"], {})
+            wanted[(spec["kind"], spec["key"])] = spec["version"]
+        for ws, wanted in by_workspace.items():
+            self._activate_versions(ws, wanted, entries[0])
+
+    def _activate_versions(self, ws: str, wanted: dict[tuple[str, str], int],
+                           entry: LogEntry) -> None:  # fmt: skip
         old = self._definitions_for(ws)
-        if document is None or old.versions.get((kind, key), 0) >= version:
-            return  # unknown, or superseded already
-        definitions = [d for d in old.all() if (d.kind, d.key) != (kind, key)]
+        chosen = {}
+        for (kind, key), version in wanted.items():
+            document = self.store.definition(ws, kind, key, version)
+            if document is not None and old.versions.get((kind, key), 0) < version:
+                chosen[(kind, key)] = (version, document)  # not unknown, nor superseded
+        if not chosen:
+            return
         try:
-            new = Definitions(ws, [*definitions, compile_definition(document, version)])
+            new = Definitions(ws, [*(d for d in old.all() if (d.kind, d.key) not in chosen),
+                                   *(compile_definition(document, version)
+                                     for version, document in chosen.values())])  # fmt: skip
         except DefinitionError:
-            log.exception("definition %s %s v%d does not compile; not activated", kind, key,
-                          version)  # fmt: skip
+            log.exception("definitions %s of %s do not compile; not activated", sorted(chosen),
+                          ws)  # fmt: skip
             self._count(entry.partition, "definitions_refused")
             return
         self._commit()  # everything before this place, under the old definitions
-        todo = backfill.change(old, new, [key] if kind == "score" else [])
+        scores = [key for kind, key in chosen if kind == "score"]
+        todo = backfill.change(old, new, scores)
         history: dict[str, list[backfill.Past]] = {}
         if todo:
             history = backfill.collect(
                 self.read_log, entry.offset - 1, self.partitions, ws, todo.names,
                 self.store.lookup_identities, self._settings_for(ws)[0], self.catalogue,
             )  # fmt: skip
-        keys = [key] if kind == "segment" else list(new.score_readers.get(key, ()))
-        keys += [k for b in todo.behaviours for k in new.readers.get(b.id, ())]
+        keys = {key for kind, key in chosen if kind == "segment"}
+        keys.update(k for score in scores for k in new.score_readers.get(score, ()))
+        keys.update(k for b in todo.behaviours for k in new.readers.get(b.id, ()))
         now = self.state[entry.partition].stream_time_ms
         total = self.store.count_profiles(ws, self.partitions)
         done, after = 0, ""
-        self.store.definition_progress(ws, kind, key, version, "backfilling", 0, total)
+
+        def progress(state: str) -> None:
+            for (kind, key), (version, _) in chosen.items():
+                self.store.definition_progress(ws, kind, key, version, state, done, total)
+
+        progress("backfilling")
+        log.info("activating %d definitions of %s over %d profiles", len(chosen), ws, total)
         while ids := self.store.profile_ids(ws, self.partitions, after, 2000):
             self._load([i for i in ids if i not in self.profiles])
             for profile_id in ids:
@@ -377,11 +400,12 @@ class Processor:
                     self._touch(profile)
             done, after = done + len(ids), ids[-1]
             self._commit()
-            self.store.definition_progress(ws, kind, key, version, "backfilling", done, total)
+            progress("backfilling")
         self._definitions[ws] = new
-        self._activated.append((ws, kind, key, version))
+        self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
+                            chosen.items()]  # fmt: skip
         self._commit()  # with the status: active
-        self._count(entry.partition, "definitions_activated")
+        self._count(entry.partition, "definitions_activated", len(chosen))
 
     # -- loading ---------------------------------------------------------------------------
 
@@ -757,6 +781,21 @@ def _counter_key(name: str) -> str:
     if len(_COUNTER_KEYS) < 4096:
         _COUNTER_KEYS[name] = key
     return key
+
+
+def _definition_runs(decoded: Sequence[tuple[LogEntry, Any, Any]]) -> dict[int, list[LogEntry]]:
+    """Definition records next to each other in the log, by the offset of the first: applying
+    a directory of definitions activates them together, with one pass over the profiles."""
+    runs: dict[int, list[LogEntry]] = {}
+    run: list[LogEntry] | None = None
+    for entry, event, _ in decoded:
+        if event is None and entry.workspace_id == TICK_WORKSPACE and b'"definition"' in entry.body:
+            if run is None:
+                run = runs[entry.offset] = []
+            run.append(entry)
+        else:
+            run = None
+    return runs
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:

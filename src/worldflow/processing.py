@@ -237,6 +237,22 @@ class ProcessorProcess:
             self._process = None
 
 
+def _checkpointer(engine: Engine, every_s: float = 2.0) -> Callable[..., None]:
+    """On SQLite, copy the WAL into the database now and then: the processor's connections
+    leave that to the log writer, which does not run during a replay."""
+    last = time.monotonic()
+
+    def checkpoint(force: bool = False) -> None:
+        nonlocal last
+        if engine.dialect.name != "sqlite" or not (force or time.monotonic() - last > every_s):
+            return
+        with engine.connect() as conn:
+            conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        last = time.monotonic()
+
+    return checkpoint
+
+
 def replay(store_url: str, partitions: Sequence[int] = (0,),
            on_progress: Callable[[int, int], None] | None = None,
            options: dict[str, Any] | None = None) -> dict[str, int]:  # fmt: skip
@@ -251,10 +267,13 @@ def replay(store_url: str, partitions: Sequence[int] = (0,),
             options = {"batch_size": 5_000, **(options or {}), "emit": False}
             processor = build(engine, partitions, **options)
             tune_gc()
+            checkpoint = _checkpointer(engine)
             while processor.step():
                 settle_gc()
+                checkpoint()
                 if on_progress is not None:
                     on_progress(processor.offset, int(end or 0))
+            checkpoint(force=True)
             return processor.counters()
     finally:
         engine.dispose()

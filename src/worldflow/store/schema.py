@@ -115,6 +115,7 @@ profiles = Table(
     Column("body", Text, nullable=False),
     Index(None, "workspace_id", "last_seen_ms"),
     Index(None, "partition", "next_timer_ms"),
+    Index(None, "partition", "id"),  # a partition's profiles in id order (backfills)
 )
 
 # Every identity ever seen, pointing at the profile it resolves to now.
