@@ -10,6 +10,7 @@ changed (in dependency order) and returns the membership transitions.
 from __future__ import annotations
 
 import heapq
+from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -263,9 +264,7 @@ class Definitions:
             before = state.score_value(profile.scores.get(model.key), model, now)
             if state.award(profile.scores, profile.caps, model, rule, at, now):
                 after = state.score_value(profile.scores[model.key], model, now)
-                for key, limits in self.score_reader_thresholds.get(model.key, ()):
-                    if limits is None or state.crosses(before, after, limits):
-                        affected.add(key)
+                self._score_moved(model.key, before, after, affected)
                 timed = timed or model.key in self.decaying_keys
         return timed
 
@@ -275,20 +274,40 @@ class Definitions:
         while profile.due and profile.due <= now:
             instant = profile.due
             affected: set[str] = set(self.clock_readers)
+            behaviours, readers = self.behaviours, self.readers
             for behaviour_id, agg in profile.aggregates.items():
-                behaviour = self.behaviours.get(behaviour_id)
-                if behaviour is None:
-                    continue
-                expires = state.expiry(agg, behaviour)
-                if expires is not None and expires <= instant:
-                    state.prune(agg, behaviour, instant, profile.sessions)
-                    affected.update(self.readers[behaviour.id])
+                if agg.entries and (behaviour := behaviours.get(behaviour_id)) is not None:
+                    window = behaviour.window_ms
+                    if window is not None and agg.entries[0][0] + window <= instant:
+                        state.prune(agg, behaviour, instant, profile.sessions)
+                        affected.update(readers[behaviour_id])
             for model in self.decaying:
-                if model.key in profile.scores:
-                    affected.update(self.score_readers[model.key])
+                score = profile.scores.get(model.key)
+                if score is None:
+                    continue
+                # Scores change only at step boundaries: since the previous one, did this one
+                # cross a number a reader compares it with?
+                before = state.score_value(
+                    score, model, max(instant - model.step_ms, score.step * model.step_ms)
+                )
+                after = state.score_value(score, model, instant)
+                if before != after:
+                    self._score_moved(model.key, before, after, affected)
             transitions += self._evaluate(profile, affected, instant)
             self._schedule(profile, instant)
         return transitions
+
+    def _score_moved(self, key: str, before: float, after: float, affected: set[str]) -> None:
+        """Add the readers of a score whose comparisons may have changed."""
+        union = self.thresholds.get(key)  # sorted
+        if union is not None:
+            low, high = min(before, after), max(before, after)
+            i = bisect_left(union, low)
+            if i == len(union) or union[i] > high:
+                return  # the common case: no reader's number lies between the two values
+        for reader, limits in self.score_reader_thresholds.get(key, ()):
+            if limits is None or state.crosses(before, after, limits):
+                affected.add(reader)
 
     def on_session_end(self, profile: Profile, now: int) -> list[Transition]:
         if not self.session_readers:

@@ -209,7 +209,12 @@ def score_due(state: Score | None, model: ScoreModel, now: int,
     step = now // model.step_ms
     if thresholds is None:
         return (step + 1) * model.step_ms
-    limits = (0.0, *thresholds)
+    # Decaying towards 0, the value meets first the nearest threshold between it and 0 (one
+    # it equals is left at the next step), or 0 itself.
+    if value > 0:
+        limits = (max((t for t in thresholds if 0 < t <= value), default=0.0), 0.0)
+    else:
+        limits = (min((t for t in thresholds if value <= t < 0), default=0.0), 0.0)
 
     def crossed(n: int) -> bool:
         return crosses(value, score_value(state, model, (step + n) * model.step_ms), limits)
