@@ -207,10 +207,10 @@ class Definitions:
                  consent: bool = False) -> list[Transition]:  # fmt: skip
         """An event applied to the profile at log time ``now``."""
         affected: set[str] = set()
-        timed = False
+        due = 0
         if name is not None and (name in self.by_event or name in self.rules_by_event):
-            timed = self.feed(profile, name, properties, world, session, at, offset, now,
-                              affected)  # fmt: skip
+            due = self.feed(profile, name, properties, world, session, at, offset, now,
+                            affected)  # fmt: skip
         for trait in traits:
             affected.update(self.trait_readers.get(trait, ()))
             affected.update(self.all_trait_readers)
@@ -227,18 +227,21 @@ class Definitions:
             else:
                 affected.update(self.activity_by_event.get(name, ()))
         transitions = self._evaluate(profile, affected, now) if affected else []
-        if timed or transitions:
-            self._schedule(profile, now)
+        if due and (not profile.due or due < profile.due):
+            # Only ever earlier: a timer that finds nothing to do costs one evaluation, and
+            # setting it again would walk all the profile's aggregates on every event.
+            profile.due = due
         return transitions
 
     def feed(self, profile: Profile, name: str, properties: dict[str, Any], world: str,
              session: str, at: int, offset: int, now: int, affected: set[str],
              behaviours: Iterable[Behaviour] | None = None,
-             rules: Iterable[tuple[ScoreModel, ScoreRule]] | None = None) -> bool:  # fmt: skip
+             rules: Iterable[tuple[ScoreModel, ScoreRule]] | None = None) -> int:  # fmt: skip
         """Fold an event into the aggregates and scores it feeds (by default all of them),
-        adding the segments that read them to ``affected``; whether a timer may have moved."""
+        adding the segments that read them to ``affected``; the earliest instant at which
+        what it changed changes again by itself (0: none)."""
         at = min(at, now)  # an event from the future happened when it arrived
-        timed = False
+        due = 0
         if behaviours is None:
             index = self.index.get(name)
             behaviours = index.candidates(properties) if index is not None else ()
@@ -254,7 +257,9 @@ class Definitions:
                 agg = profile.aggregates[behaviour.id] = Agg()
             state.fold(agg, behaviour, at, offset, behaviour.value_of(properties), session)
             affected.update(self.readers.get(behaviour.id, ()))
-            timed = timed or behaviour.window_ms is not None
+            if behaviour.window_ms is not None:
+                expires = agg.entries[0][0] + behaviour.window_ms
+                due = expires if not due or expires < due else due
         for model, rule in self.rules_by_event.get(name, ()) if rules is None else rules:
             behaviour = rule.behaviour
             if behaviour.world is not None and behaviour.world != world:
@@ -265,8 +270,11 @@ class Definitions:
             if state.award(profile.scores, profile.caps, model, rule, at, now):
                 after = state.score_value(profile.scores[model.key], model, now)
                 self._score_moved(model.key, before, after, affected)
-                timed = timed or model.key in self.decaying_keys
-        return timed
+                if model.key in self.decaying_keys:
+                    score_due = state.score_due(profile.scores[model.key], model, now,
+                                                self.thresholds.get(model.key)) or 0  # fmt: skip
+                    due = score_due if not due or (score_due and score_due < due) else due
+        return due
 
     def on_timer(self, profile: Profile, now: int) -> list[Transition]:
         """Time passed: evaluate, at each instant a window or a score changes, what it changes."""
@@ -275,12 +283,21 @@ class Definitions:
             instant = profile.due
             affected: set[str] = set(self.clock_readers)
             behaviours, readers = self.behaviours, self.readers
+            due = 0  # the next instant, found in the same walk
             for behaviour_id, agg in profile.aggregates.items():
                 if agg.entries and (behaviour := behaviours.get(behaviour_id)) is not None:
                     window = behaviour.window_ms
-                    if window is not None and agg.entries[0][0] + window <= instant:
+                    if window is None:
+                        continue
+                    expires = agg.entries[0][0] + window
+                    if expires <= instant:
                         state.prune(agg, behaviour, instant, profile.sessions)
                         affected.update(readers[behaviour_id])
+                        if not agg.entries:
+                            continue
+                        expires = agg.entries[0][0] + window
+                    if not due or expires < due:
+                        due = expires
             for model in self.decaying:
                 score = profile.scores.get(model.key)
                 if score is None:
@@ -293,8 +310,11 @@ class Definitions:
                 after = state.score_value(score, model, instant)
                 if before != after:
                     self._score_moved(model.key, before, after, affected)
+                score_due = state.score_due(score, model, instant, self.thresholds.get(model.key))
+                if score_due and (not due or score_due < due):
+                    due = score_due
             transitions += self._evaluate(profile, affected, instant)
-            self._schedule(profile, instant)
+            profile.due = due
         return transitions
 
     def _score_moved(self, key: str, before: float, after: float, affected: set[str]) -> None:
