@@ -35,7 +35,7 @@ from typing import Any, Protocol
 import msgspec
 
 from worldflow.events.catalogue import Catalogue, EventSpec
-from worldflow.events.model import Event, LoggedEvent, decode_logged
+from worldflow.events.model import LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
 from worldflow.log import LogEntry, LogRecord
 from worldflow.privacy import gate
@@ -43,13 +43,12 @@ from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Session
 from worldflow.segments import backfill
 from worldflow.segments.definition import DefinitionError, compile_definition
-from worldflow.segments.incremental import Definitions, Transition
+from worldflow.segments.incremental import SYSTEM_SOURCE, Definitions, Transition, membership_record
 
 log = logging.getLogger(__name__)
 
 _encode = msgspec.json.Encoder().encode
 TICK_WORKSPACE = "_system"  # log entries of this workspace are clock ticks, not events
-SYSTEM_SOURCE = "_processor"  # the source of the events the processor itself appends
 SETTINGS_TTL_S = 10.0  # a workspace's settings are read again after this
 
 IdentityKey = tuple[str, str, str]  # (workspace, type, value)
@@ -267,28 +266,7 @@ class Processor:
         for t in transitions:
             profile = self.profiles.get(t.profile_id)
             ids = profile.identities if profile is not None else {}
-            message_id = "seg_" + hashlib.blake2b(
-                f"{t.profile_id}\0{t.key}\0{t.version}\0{t.entered}\0{t.at}".encode(),
-                digest_size=12).hexdigest()  # fmt: skip
-            at = datetime.fromtimestamp(t.at / 1000, UTC)
-            properties: dict[str, Any] = {"segment": t.key, "version": t.version,
-                                          "profile_id": t.profile_id}  # fmt: skip
-            if t.backfill:
-                properties["backfill"] = True
-            if t.reason:
-                properties["reason"] = t.reason
-            event = Event(
-                message_id=message_id, workspace_id=t.workspace_id, source_id=SYSTEM_SOURCE,
-                channel="processor", type="track",
-                name="segment.entered" if t.entered else "segment.exited", custom=True,
-                tier=0, timestamp=at, received_at=at, properties=properties,
-                user_id=next(iter(ids.get("user_id", ())), None),
-                anonymous_id=next(iter(ids.get("anonymous_id", ())), None),
-                context={"profile_id": t.profile_id},
-            )  # fmt: skip
-            self._outbox.append(
-                LogRecord(t.workspace_id, message_id, partition, t.at, _encode(event))
-            )
+            self._outbox.append(membership_record(t, ids, partition))
 
     def _definitions_for(self, workspace_id: str) -> Definitions:
         found = self._definitions.get(workspace_id)

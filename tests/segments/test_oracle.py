@@ -10,10 +10,12 @@ following "Windows and time" and "Scores". Between two hooks it evaluates every 
 which a window passes over an event or a score steps down, so a transition from a timer must
 carry exactly that instant.
 
+Conditions compare the clock with event times (``now − last_time(B) > D``, ``now ≤
+first_time(B) + D``) and with fixed dates: memberships then change at exact instants too.
 Left out: sessions (every event belongs to one session that never ends, and no condition uses
-``within: session``), world statistics, counters and ``{"var": "now"}`` (evaluated "when the
-profile changes or one of its timers fires", not at exact instants), score time zones other
-than UTC, and the bounds of 1,000 events per behaviour (streams here are shorter). Half-lives
+``within: session``), world statistics, counters, ``{"var": "now"}`` read otherwise than in
+such comparisons (evaluated "when the profile changes or one of its timers fires", not at
+exact instants), score time zones other than UTC, and the bounds of 1,000 events per behaviour (streams here are shorter). Half-lives
 divide the decay step, so every decay factor is a power of two and the oracle's arithmetic is
 exact.
 """
@@ -82,6 +84,14 @@ def walk(node: Any) -> Iterable[dict[str, Any]]:
             yield from walk(value)
 
 
+def numbers(node: Any) -> Iterable[int | float]:
+    if is_number(node):
+        yield node
+    elif isinstance(node, dict | list):
+        for value in node.values() if isinstance(node, dict) else node:
+            yield from numbers(value)
+
+
 Test = Callable[[dict[str, Any]], bool]
 
 
@@ -103,6 +113,9 @@ class Oracle:
             }
         )
         self._rules: dict[str, Evaluator] = {}
+        # the durations and dates conditions compare the clock with: a comparison flips when
+        # the clock reaches an event's time plus a duration, or a date (or a millisecond after)
+        self.offsets = {abs(n) for n in numbers(documents) if abs(n) >= 30 * SECOND}
 
     # what happened
 
@@ -117,6 +130,8 @@ class Oracle:
         """Every instant in (since, until] at which a window passes over an event or a score
         steps down: memberships are constant in between."""
         found = {e.at + w for e in self.history for w in self.windows}
+        found.update(e.at + d + tick for e in self.history for d in self.offsets for tick in (0, 1))
+        found.update(d + tick for d in self.offsets for tick in (0, 1))
         for model in self.models.values():
             if "half_life" in model:
                 step = DURATIONS[model.get("decay_step", "1d")]
@@ -125,7 +140,7 @@ class Oracle:
 
     def membership(self, t: int) -> set[str]:
         inside: set[str] = set()
-        data = {"traits": dict(self.traits)}
+        data = {"traits": dict(self.traits), "now": t}
         for segment in self.segments:
             rule = self.substitute(segment["condition"], t, inside)
             if truthy(compile_logic(rule)(data)):
@@ -518,9 +533,35 @@ def places(draw: st.DrawFn) -> dict[str, Any]:
     return {draw(st.sampled_from((">=", ">", "<"))): [operand, threshold]}
 
 
+@st.composite
+def clocks(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, Any]:
+    """The clock compared with the time of an event, or with a date."""
+    now = {"var": "now"}
+    d = draw(st.sampled_from(("30s", "1m", "5m")))
+    ms = DURATIONS[d]
+    which = draw(st.sampled_from(("last_time", "first_time")))
+    when = {which: draw(behaviours(which, names))}
+    date = BASE + draw(st.integers(1, 40)) * 30 * SECOND + draw(st.sampled_from((0, 1, 499)))
+    op = draw(st.sampled_from(COMPARISONS))
+    condition = draw(
+        st.sampled_from(
+            (
+                {">": [{"-": [now, when]}, ms]},  # not seen for D
+                {"and": [{"!!": [when]}, {op: [{"-": [now, when]}, ms]}]},
+                {op: [now, {"+": [when, ms]}]},
+                {op: [{"+": [now, -ms]}, when]},
+                {op: [now, date]},
+                {"<": [date, now, date + ms]},
+            )
+        )
+    )
+    return condition
+
+
 def atoms(earlier: list[str], scored: bool, names: tuple[str, ...]) -> st.SearchStrategy[Any]:
     options: list[tuple[int, st.SearchStrategy[Any]]] = [
         (6, measured(names)),
+        (2, clocks(names)),
         (2, sequences(names)),
         (2, places()),
         (1, st.builds(lambda p: {"consent": p}, st.sampled_from(("ads", "personalisation")))),

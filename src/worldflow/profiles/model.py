@@ -104,7 +104,7 @@ class Recent(msgspec.Struct, omit_defaults=True, gc=False):
         return value
 
 
-class Profile(msgspec.Struct, omit_defaults=True):
+class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     id: str
     workspace_id: str
     created_offset: int  # the log entry that created it: merges keep the older profile
@@ -124,7 +124,8 @@ class Profile(msgspec.Struct, omit_defaults=True):
     scores: dict[str, Score] = {}  # score model key → value (read it with its model's decay)
     aggregates: dict[str, Agg] = {}  # behaviour id → what segments count of it
     caps: dict[str, tuple[int, float]] = {}  # score rule id → (period, points awarded in it)
-    due: int = 0  # when a window or a score next changes by itself (0: never)
+    clocks: dict[str, int] = {}  # segment key → when a comparison of it with now may flip
+    due: int = 0  # when a window, a score or a clock next changes by itself (0: never)
 
     def next_timer(self) -> int | None:
         due = self.due or None

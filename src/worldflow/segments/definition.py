@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextvars
 import hashlib
+import itertools
 import json
 import math
 import re
@@ -108,6 +109,9 @@ class Behaviour:
     # Where ``where`` can only hold when one of these holds: (property path, "==" or "has",
     # a string); empty when it cannot be told. The processor indexes behaviours by them.
     keys: tuple[tuple[str, str, str], ...] = field(compare=False, repr=False, default=())
+    # Whether ``where`` holds exactly when one of ``keys`` does (so an event found through
+    # them needs no test).
+    exact: bool = field(compare=False, repr=False, default=False)
 
     @property
     def entries(self) -> bool:
@@ -148,8 +152,9 @@ def _behaviour(
     identity = json.dumps([event, where, of, world, window_ms, session, keep_times],
                           sort_keys=True, separators=(",", ":"))  # fmt: skip
     digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
+    keys = tuple(_index_keys(where) or ())
     return Behaviour(digest, event, where, of, world, window_ms, session, keep_times, matches,
-                     _getter(of), tuple(_index_keys(where) or ()))  # fmt: skip
+                     _getter(of), keys, bool(keys) and _exact(where))  # fmt: skip
 
 
 def _index_keys(where: Any) -> list[tuple[str, str, str]] | None:
@@ -185,6 +190,14 @@ def _index_keys(where: Any) -> list[tuple[str, str, str]] | None:
             keys += found
         return keys
     return None
+
+
+def _exact(where: Any) -> bool:
+    """Whether ``where`` is one of the conditions _index_keys finds, or an "or" of them."""
+    ((name, args),) = where.items()
+    if name == "or":
+        return all(_exact(arg) for arg in args)
+    return name in ("==", "===", "some")
 
 
 def _plain_var(value: Any) -> bool:
@@ -251,11 +264,18 @@ class Needs:
     sessions: bool = False  # per-session behaviours
     activity: bool = False  # world statistics, first and last seen: any event changes them
     activity_events: set[str] = field(default_factory=set)  # counters of these events only
-    clock: bool = False  # reads "now": evaluated again at every change and timer
+    clock: bool = False  # reads "now" otherwise than in flip: evaluated at every change
+    # Reads "now" only in comparisons of a·now + b: when, after an evaluation at a time, the
+    # truth of one of them flips next (docs/SEGMENTS.md, "The clock").
+    flip: Callable[[Any, int], int | None] | None = None
     # Scores read only through comparisons with numbers: the membership can change only when
     # the score crosses one of these. A score read any other way is in score_free.
     score_thresholds: dict[str, set[float]] = field(default_factory=dict)
     score_free: set[str] = field(default_factory=set)
+    # Likewise behaviours, per measure (count, sum…): the numbers each is compared with, and
+    # the behaviours read any other way (in arithmetic, a sequence…), whose change always counts.
+    measure_limits: dict[str, dict[str, set[float]]] = field(default_factory=dict)
+    measure_free: set[str] = field(default_factory=set)
 
 
 _NEEDS: contextvars.ContextVar[Needs] = contextvars.ContextVar("needs")
@@ -468,8 +488,12 @@ def compile_condition(rule: Any, path: str = "condition") -> tuple[Evaluator, Ne
     """A segment's condition → its evaluator and what it depends on."""
     needs = Needs()
     token = _NEEDS.set(needs)
+    flips: list[tuple[int, Any, Any]] = []
     try:
         evaluate = compile_logic(rule, path)
+        exact_clock = _reads_now(rule) and not _reads_now(_without_flips(rule, flips))
+        flip = _compile_flips(flips) if exact_clock else None
+        _measure_uses(rule, needs)
     except LogicError as exc:
         raise DefinitionError(exc.path, exc.problem) from None
     finally:
@@ -490,6 +514,8 @@ def compile_condition(rule: Any, path: str = "condition") -> tuple[Evaluator, Ne
         elif head in _ACTIVITY:
             needs.activity = True
     _score_uses(rule, needs)
+    if exact_clock:
+        needs.clock, needs.flip = False, flip
     return evaluate, needs
 
 
@@ -528,6 +554,151 @@ def _score_uses(rule: Any, needs: Needs) -> None:
             return
     for arg in args:
         _score_uses(arg, needs)
+
+
+def _measured_behaviour(node: Any) -> tuple[str, str] | None:
+    """(behaviour id, measure) when ``node`` measures a behaviour (count, sum, dwell…)."""
+    if type(node) is not dict or len(node) != 1:
+        return None
+    ((name, arg),) = node.items()
+    if type(arg) is list and len(arg) == 1:
+        arg = arg[0]
+    if type(arg) is not dict or (name in MEASURES and "event" not in arg):
+        return None
+    if name in MEASURES:
+        measure = name
+    elif name == "dwell":
+        measure = "sum"
+    elif name == "attention":
+        measure = "sum" if SIGNALS.get(arg.get("signal", "gaze_ms"), ("", None))[1] else "count"
+    else:
+        return None
+    found = _probe(node)
+    return (next(iter(found)), measure) if len(found) == 1 else None
+
+
+def _probe(node: Any) -> dict[str, Behaviour]:
+    """The behaviours ``node`` reads (it compiles, as part of a condition that did)."""
+    probe = Needs()
+    token = _NEEDS.set(probe)
+    try:
+        compile_logic(node)
+    finally:
+        _NEEDS.reset(token)
+    return probe.behaviours
+
+
+def _measure_uses(rule: Any, needs: Needs) -> None:
+    """Record, per behaviour and measure, the numbers it is compared with, or that the
+    behaviour is read otherwise."""
+    if type(rule) is list:
+        for item in rule:
+            _measure_uses(item, needs)
+        return
+    if type(rule) is not dict or len(rule) != 1:
+        return
+    ((name, value),) = rule.items()
+    measured = _measured_behaviour(rule)
+    if measured is not None:
+        needs.measure_free.add(measured[0])  # not compared with a number
+        return
+    if name == "sequence":
+        needs.measure_free.update(_probe(rule))
+        return
+    args = value if type(value) is list else [value]
+    if name in _COMPARISONS:
+        hits = [m for m in map(_measured_behaviour, args) if m is not None]
+        numbers = [a for a in args if type(a) in (int, float)]
+        if len(hits) == 1 and len(numbers) == len(args) - 1:
+            behaviour, measure = hits[0]
+            limits = needs.measure_limits.setdefault(behaviour, {})
+            limits.setdefault(measure, set()).update(map(float, numbers))
+            return
+    for arg in args:
+        _measure_uses(arg, needs)
+
+
+# --- the clock --------------------------------------------------------------------------------
+
+_MAX_INSTANT: Final = 2**53  # later flips are never
+
+
+def _reads_now(rule: Any) -> bool:
+    return any(r in ("*", "now") or r.startswith("now.") for r in reads(rule))
+
+
+def _is_now(node: Any) -> bool:
+    if type(node) is not dict or len(node) != 1 or "var" not in node:
+        return False
+    key = node["var"]
+    if type(key) is list:
+        if not 1 <= len(key) <= 2 or (len(key) == 2 and type(key[1]) in (list, dict)):
+            return False
+        key = key[0]
+    return type(key) is str and key == "now"
+
+
+def _affine(node: Any) -> tuple[int, Any] | None:
+    """``node`` as a·now + b: (a, b as a rule that does not read now); None when it reads now
+    otherwise. ``+`` and ``-`` are linear in a number, whatever their coercions do to b."""
+    if _is_now(node):
+        return 1, 0
+    if not _reads_now(node):
+        return 0, node
+    if type(node) is not dict or len(node) != 1:
+        return None
+    ((name, value),) = node.items()
+    parts = [_affine(arg) for arg in (value if type(value) is list else [value])]
+    if any(part is None for part in parts):
+        return None
+    terms = [part for part in parts if part is not None]
+    if name == "+":
+        return sum(a for a, _ in terms), {"+": [b for _, b in terms]}
+    if name == "-" and len(terms) == 2:
+        return terms[0][0] - terms[1][0], {"-": [terms[0][1], terms[1][1]]}
+    if name == "-" and len(terms) == 1:
+        return -terms[0][0], {"-": [terms[0][1]]}
+    return None
+
+
+def _without_flips(rule: Any, found: list[tuple[int, Any, Any]]) -> Any:
+    """``rule`` with every comparison of two affine sides replaced by ``true``, each added to
+    ``found`` as (a, b of the left, b of the right) when now does not cancel out."""
+    if type(rule) is list:
+        return [_without_flips(item, found) for item in rule]
+    if type(rule) is not dict or len(rule) != 1:
+        return rule
+    ((name, value),) = rule.items()
+    args = value if type(value) is list else [value]
+    between = len(args) == 3 and name in ("<", "<=")
+    if name in _COMPARISONS and (len(args) == 2 or between) and _reads_now(rule):
+        pairs = [(_affine(x), _affine(y)) for x, y in itertools.pairwise(args)]
+        if all(x is not None and y is not None for x, y in pairs):
+            found += [(x[0] - y[0], x[1], y[1]) for x, y in pairs
+                      if x is not None and y is not None and x[0] != y[0]]  # fmt: skip
+            return True
+    return {name: [_without_flips(arg, found) for arg in args]}
+
+
+def _compile_flips(found: list[tuple[int, Any, Any]]) -> Callable[[Any, int], int | None] | None:
+    """The next instant after ``now`` at which one of the comparisons may change: a·now + d
+    changes sign at −d/a, so the first whole millisecond on each side of it."""
+    if not found:
+        return None
+    compiled = [(a, compile_logic(left), compile_logic(right)) for a, left, right in found]
+
+    def flip(data: Any, now: int) -> int | None:
+        best = None
+        for a, left, right in compiled:
+            x = -(to_number(left(data)) - to_number(right(data))) / a
+            if not math.isfinite(x):
+                continue  # NaN: the comparison is false whatever the time
+            for t in (math.ceil(x), math.floor(x) + 1):
+                if now < t < _MAX_INSTANT and (best is None or t < best):
+                    best = t
+        return best
+
+    return flip
 
 
 # --- documents --------------------------------------------------------------------------------

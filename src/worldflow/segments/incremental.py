@@ -9,13 +9,19 @@ changed (in dependency order) and returns the membership transitions.
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 from bisect import bisect_left
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
+import msgspec
+
+from worldflow.events.model import Event
+from worldflow.log import LogRecord
 from worldflow.profiles.model import Profile
 from worldflow.segments import state
 from worldflow.segments.definition import (
@@ -41,6 +47,36 @@ class Transition:
     at: int
     backfill: bool = False
     reason: str | None = None  # "merged" when the profile was merged into another
+
+
+SYSTEM_SOURCE = "_processor"  # the source of the events the processor itself appends
+_encode = msgspec.json.Encoder().encode
+
+
+def membership_record(t: Transition, identities: dict[str, list[str]],
+                      partition: int) -> LogRecord:  # fmt: skip
+    """A transition as a ``segment.entered`` / ``segment.exited`` event for the log; its
+    message id is a function of the transition, so sending it twice is deduplicated."""
+    message_id = "seg_" + hashlib.blake2b(
+        f"{t.profile_id}\0{t.key}\0{t.version}\0{t.entered}\0{t.at}".encode(),
+        digest_size=12).hexdigest()  # fmt: skip
+    at = datetime.fromtimestamp(t.at / 1000, UTC)
+    properties: dict[str, Any] = {"segment": t.key, "version": t.version,
+                                  "profile_id": t.profile_id}  # fmt: skip
+    if t.backfill:
+        properties["backfill"] = True
+    if t.reason:
+        properties["reason"] = t.reason
+    event = Event(
+        message_id=message_id, workspace_id=t.workspace_id, source_id=SYSTEM_SOURCE,
+        channel="processor", type="track",
+        name="segment.entered" if t.entered else "segment.exited", custom=True, tier=0,
+        timestamp=at, received_at=at, properties=properties,
+        user_id=next(iter(identities.get("user_id", ())), None),
+        anonymous_id=next(iter(identities.get("anonymous_id", ())), None),
+        context={"profile_id": t.profile_id},
+    )  # fmt: skip
+    return LogRecord(t.workspace_id, message_id, partition, t.at, _encode(event))
 
 
 class _ProfileScope(Scope):
@@ -101,16 +137,21 @@ class _EventIndex:
                 everything.append(behaviour)
         self.indexed = bool(self.equal or self.member)
 
-    def candidates(self, properties: dict[str, Any]) -> Iterable[Behaviour]:
+    def candidates(self, properties: dict[str, Any]) -> tuple[Iterable[Behaviour], bool]:
+        """The behaviours the event may match, and whether those found through a property
+        value are certain to (false when an array or object value made everything a
+        candidate, as JavaScript's == of an array and a string would)."""
         if not self.indexed:
-            return self.unindexed
+            return self.unindexed, True
         found = list(self.unindexed)
+        certain = True
         for steps, by_value, everything in self.equal.values():
             value = _lookup(properties, steps, None)
             if type(value) is str:
                 found += by_value.get(value, ())
-            elif type(value) in (list, dict):  # JavaScript's == of an array and a string
+            elif type(value) in (list, dict):
                 found += everything
+                certain = False
         for steps, by_value, everything in self.member.values():
             values = _lookup(properties, steps, None)
             if type(values) is list:
@@ -119,9 +160,58 @@ class _EventIndex:
                         found += by_value.get(value, ())
                     elif type(value) in (list, dict):
                         found += everything
+                        certain = False
         if len(found) > 1:
             found = list({b.id: b for b in found}.values())  # an "or" may index one twice
-        return found
+        return found, certain
+
+
+class _Watch:
+    """The readers of one behaviour that compare its measures with numbers only: a change
+    concerns those whose numbers lie between the old and the new value."""
+
+    __slots__ = ("limits", "measures", "one", "readers")
+
+    def __init__(self, readers: list[tuple[str, dict[str, set[float]]]]) -> None:
+        self.measures = tuple(sorted({m for _, limits in readers for m in limits}))
+        self.readers = [(key, [tuple(sorted(limits.get(m, ()))) for m in self.measures])
+                        for key, limits in readers]  # fmt: skip
+        self.limits = [tuple(sorted({x for _, ls in self.readers for x in ls[i]}))
+                       for i in range(len(self.measures))]  # fmt: skip
+        # The common case, one measure: its name, and each reader with its numbers
+        self.one = (self.measures[0], [(key, ls[0]) for key, ls in self.readers]
+                    ) if len(self.measures) == 1 else None  # fmt: skip
+
+    def measure(self, agg: Agg | None, behaviour: Behaviour, now: int, sessions: Any) -> Any:
+        if self.one is not None:
+            return state.measure(agg, behaviour, self.one[0], now, sessions)
+        return [state.measure(agg, behaviour, m, now, sessions) for m in self.measures]
+
+    def moved(self, before: Any, after: Any, affected: set[str]) -> None:
+        if self.one is not None:
+            self._moved(before, after, self.limits[0], self.one[1], affected)
+            return
+        for i, (old, new) in enumerate(zip(before, after, strict=True)):
+            self._moved(old, new, self.limits[i],
+                        [(key, ls[i]) for key, ls in self.readers], affected)  # fmt: skip
+
+    @staticmethod
+    def _moved(old: Any, new: Any, union: tuple[float, ...],
+               readers: list[tuple[str, tuple[float, ...]]],
+               affected: set[str]) -> None:  # fmt: skip
+        if old == new:
+            return
+        if old is None or new is None:  # a min, max or time that appears or goes
+            affected.update(key for key, limits in readers if limits)
+            return
+        low, high = (old, new) if old < new else (new, old)
+        j = bisect_left(union, low)
+        if j == len(union) or union[j] > high:
+            return  # the common case: no reader's number lies between the two values
+        for key, limits in readers:
+            j = bisect_left(limits, low)
+            if j < len(limits) and limits[j] <= high:
+                affected.add(key)
 
 
 class Definitions:
@@ -156,6 +246,10 @@ class Definitions:
             defaultdict(list))  # fmt: skip
         self.thresholds: dict[str, tuple[float, ...] | None] = {}
         self.dependents: dict[str, list[str]] = defaultdict(list)
+        # Per behaviour: the readers any change of it concerns, and those that compare its
+        # measures with numbers only (_Watch).
+        self.free_readers: dict[str, list[str]] = defaultdict(list)
+        limited: dict[str, list[tuple[str, dict[str, set[float]]]]] = defaultdict(list)
         for key in self.order:
             needs = self.segments[key].needs
             for behaviour in needs.behaviours.values():
@@ -163,6 +257,11 @@ class Definitions:
                     self.behaviours[behaviour.id] = behaviour
                     self.by_event[behaviour.event].append(behaviour)
                 self.readers[behaviour.id].append(key)
+                compared = needs.measure_limits.get(behaviour.id)
+                if compared and behaviour.id not in needs.measure_free:
+                    limited[behaviour.id].append((key, compared))
+                else:
+                    self.free_readers[behaviour.id].append(key)
             for trait in needs.traits:
                 if trait == "*":
                     self.all_trait_readers.append(key)
@@ -194,6 +293,8 @@ class Definitions:
                          if m.half_life_ms is not None and m.key in self.score_readers]  # fmt: skip
         self.decaying_keys = {m.key for m in self.decaying}
         self.index = {name: _EventIndex(found) for name, found in self.by_event.items()}
+        self.watched = {bid: _Watch(readers) for bid, readers in limited.items()}
+        self.flip_segments = {k for k, s in self.segments.items() if s.needs.flip is not None}
         self.empty = not self.segments and not self.scores
 
     def all(self) -> list[Definition]:
@@ -242,23 +343,37 @@ class Definitions:
         what it changed changes again by itself (0: none)."""
         at = min(at, now)  # an event from the future happened when it arrived
         due = 0
+        expiries = self._expiries(profile)
+        certain = False
         if behaviours is None:
             index = self.index.get(name)
-            behaviours = index.candidates(properties) if index is not None else ()
+            if index is None:
+                behaviours = ()
+            else:
+                behaviours, certain = index.candidates(properties)
         for behaviour in behaviours:
             if behaviour.world is not None and behaviour.world != world:
                 continue
             if behaviour.window_ms is not None and at <= now - behaviour.window_ms:
                 continue  # it arrived after its window had passed over it
-            if not behaviour.matches(properties):
+            if not (certain and behaviour.exact) and not behaviour.matches(properties):
                 continue
             agg = profile.aggregates.get(behaviour.id)
+            watch = self.watched.get(behaviour.id)
+            if watch is not None:
+                before = watch.measure(agg, behaviour, now, profile.sessions)
             if agg is None:
                 agg = profile.aggregates[behaviour.id] = Agg()
+            oldest = agg.entries[0][0] if agg.entries else None
             state.fold(agg, behaviour, at, offset, behaviour.value_of(properties), session)
-            affected.update(self.readers.get(behaviour.id, ()))
+            affected.update(self.free_readers.get(behaviour.id, ()))
+            if watch is not None:
+                watch.moved(before, watch.measure(agg, behaviour, now, profile.sessions),
+                            affected)  # fmt: skip
             if behaviour.window_ms is not None:
                 expires = agg.entries[0][0] + behaviour.window_ms
+                if agg.entries[0][0] != oldest:
+                    heapq.heappush(expiries, (expires, behaviour.id))
                 due = expires if not due or expires < due else due
         for model, rule in self.rules_by_event.get(name, ()) if rules is None else rules:
             behaviour = rule.behaviour
@@ -271,8 +386,7 @@ class Definitions:
                 after = state.score_value(profile.scores[model.key], model, now)
                 self._score_moved(model.key, before, after, affected)
                 if model.key in self.decaying_keys:
-                    score_due = state.score_due(profile.scores[model.key], model, now,
-                                                self.thresholds.get(model.key)) or 0  # fmt: skip
+                    score_due = self._score_due(profile, model, now)
                     due = score_due if not due or (score_due and score_due < due) else due
         return due
 
@@ -282,22 +396,29 @@ class Definitions:
         while profile.due and profile.due <= now:
             instant = profile.due
             affected: set[str] = set(self.clock_readers)
-            behaviours, readers = self.behaviours, self.readers
-            due = 0  # the next instant, found in the same walk
-            for behaviour_id, agg in profile.aggregates.items():
-                if agg.entries and (behaviour := behaviours.get(behaviour_id)) is not None:
-                    window = behaviour.window_ms
-                    if window is None:
-                        continue
-                    expires = agg.entries[0][0] + window
-                    if expires <= instant:
-                        state.prune(agg, behaviour, instant, profile.sessions)
-                        affected.update(readers[behaviour_id])
-                        if not agg.entries:
-                            continue
-                        expires = agg.entries[0][0] + window
-                    if not due or expires < due:
-                        due = expires
+            if profile.clocks:
+                for key, flip in list(profile.clocks.items()):
+                    if flip <= instant:
+                        del profile.clocks[key]
+                        affected.add(key)
+            expiries = self._expiries(profile)
+            while expiries and expiries[0][0] <= instant:
+                expires, behaviour_id = heapq.heappop(expiries)
+                if not self._expires(profile, expires, behaviour_id):
+                    continue  # superseded: its aggregate changed since
+                agg, behaviour = profile.aggregates[behaviour_id], self.behaviours[behaviour_id]
+                watch = self.watched.get(behaviour_id)
+                if watch is not None:  # what it was until now, and from now
+                    before = watch.measure(agg, behaviour, instant - 1, profile.sessions)
+                state.prune(agg, behaviour, instant, profile.sessions)
+                affected.update(self.free_readers.get(behaviour_id, ()))
+                if watch is not None:
+                    after = watch.measure(agg, behaviour, instant, profile.sessions)
+                    watch.moved(before, after, affected)
+                if agg.entries and behaviour.window_ms is not None:
+                    heapq.heappush(expiries, (agg.entries[0][0] + behaviour.window_ms,
+                                              behaviour_id))  # fmt: skip
+            due = self._next_expiry(profile, expiries)
             for model in self.decaying:
                 score = profile.scores.get(model.key)
                 if score is None:
@@ -310,12 +431,59 @@ class Definitions:
                 after = state.score_value(score, model, instant)
                 if before != after:
                     self._score_moved(model.key, before, after, affected)
-                score_due = state.score_due(score, model, instant, self.thresholds.get(model.key))
+                score_due = self._score_due(profile, model, instant)
                 if score_due and (not due or score_due < due):
                     due = score_due
             transitions += self._evaluate(profile, affected, instant)
+            if profile.clocks:
+                flip = min(profile.clocks.values())
+                due = flip if not due or flip < due else due
             profile.due = due
         return transitions
+
+    # -- what changes by itself, and when ------------------------------------------------------
+
+    def _expiries(self, profile: Profile) -> list[tuple[int, str]]:
+        """The profile's windowed aggregates by when their oldest entry leaves the window: a
+        heap kept beside the profile (not stored; built again when missing). An aggregate
+        that changes pushes its new expiry; the old one is skipped when it surfaces."""
+        heap: list[tuple[int, str]] | None = profile.__dict__.get("expiries")
+        if heap is None:
+            behaviours = self.behaviours
+            heap = [(agg.entries[0][0] + b.window_ms, behaviour_id)
+                    for behaviour_id, agg in profile.aggregates.items()
+                    if agg.entries and (b := behaviours.get(behaviour_id)) is not None
+                    and b.window_ms is not None]  # fmt: skip
+            heapq.heapify(heap)
+            profile.__dict__["expiries"] = heap
+        return heap
+
+    def _expires(self, profile: Profile, expires: int, behaviour_id: str) -> bool:
+        agg = profile.aggregates.get(behaviour_id)
+        behaviour = self.behaviours.get(behaviour_id)
+        return (agg is not None and bool(agg.entries) and behaviour is not None
+                and behaviour.window_ms is not None
+                and agg.entries[0][0] + behaviour.window_ms == expires)  # fmt: skip
+
+    def _next_expiry(self, profile: Profile, expiries: list[tuple[int, str]]) -> int:
+        while expiries:
+            expires, behaviour_id = expiries[0]
+            if self._expires(profile, expires, behaviour_id):
+                return expires
+            heapq.heappop(expiries)
+        return 0
+
+    def _score_due(self, profile: Profile, model: ScoreModel, now: int) -> int:
+        """When the decaying score next crosses a number its readers compare it with (0:
+        never); kept beside the profile until the score changes or that time comes."""
+        score = profile.scores.get(model.key)
+        cache: dict[str, tuple[Any, int]] = profile.__dict__.setdefault("score_dues", {})
+        found = cache.get(model.key)
+        if found is not None and found[0] is score and (not found[1] or now < found[1]):
+            return found[1]
+        due = state.score_due(score, model, now, self.thresholds.get(model.key)) or 0
+        cache[model.key] = (score, due)
+        return due
 
     def _score_moved(self, key: str, before: float, after: float, affected: set[str]) -> None:
         """Add the readers of a score whose comparisons may have changed."""
@@ -332,10 +500,14 @@ class Definitions:
     def on_session_end(self, profile: Profile, now: int) -> list[Transition]:
         if not self.session_readers:
             return []
+        expiries = self._expiries(profile)
         for behaviour in self.behaviours.values():
             agg = profile.aggregates.get(behaviour.id)
             if behaviour.session and agg is not None:
                 state.prune(agg, behaviour, now, profile.sessions)
+                if agg.entries and behaviour.window_ms is not None:
+                    heapq.heappush(expiries, (agg.entries[0][0] + behaviour.window_ms,
+                                              behaviour.id))  # fmt: skip
         return self._evaluate(profile, set(self.session_readers), now)
 
     def on_merge(self, survivor: Profile, merged: Profile, now: int) -> list[Transition]:
@@ -363,7 +535,7 @@ class Definitions:
                        reason="merged")
             for key in merged.segments
         ]  # fmt: skip
-        merged.segments = {}
+        merged.segments, merged.clocks = {}, {}
         transitions += self._evaluate(survivor, set(self.segments), now)
         self._schedule(survivor, now)
         return transitions
@@ -426,6 +598,8 @@ class Definitions:
                 data = self.data(profile, now)
             segment = segments[key]
             inside = truthy(segment.evaluate(data))
+            if segment.needs.flip is not None:
+                self._set_clock(profile, key, segment.needs.flip(data, now))
             if inside == (key in members):
                 continue
             if inside:
@@ -438,22 +612,32 @@ class Definitions:
                 heapq.heappush(heap, rank[dependent])
         return transitions
 
+    @staticmethod
+    def _set_clock(profile: Profile, key: str, flip: int | None) -> None:
+        if flip is None:
+            if key in profile.clocks:
+                del profile.clocks[key]
+            return
+        profile.clocks[key] = flip
+        if not profile.due or flip < profile.due:
+            profile.due = flip
+
     def _schedule(self, profile: Profile, now: int) -> None:
-        """The profile's next instant at which a window or a score changes by itself."""
-        due = None
-        behaviours = self.behaviours
-        for behaviour_id, agg in profile.aggregates.items():
-            if agg.entries:
-                behaviour = behaviours.get(behaviour_id)
-                if behaviour is not None and behaviour.window_ms is not None:
-                    expires = agg.entries[0][0] + behaviour.window_ms
-                    if due is None or expires < due:
-                        due = expires
+        """The profile's next instant at which a window, a score or a clock changes by itself,
+        from scratch."""
+        profile.__dict__.pop("expiries", None)
+        profile.__dict__.pop("score_dues", None)
+        due = self._next_expiry(profile, self._expiries(profile)) or None
         for model in self.decaying:
-            score_due = state.score_due(profile.scores.get(model.key), model, now,
-                                        self.thresholds.get(model.key))  # fmt: skip
-            if score_due is not None and (due is None or score_due < due):
+            score_due = self._score_due(profile, model, now)
+            if score_due and (due is None or score_due < due):
                 due = score_due
+        for key in list(profile.clocks):
+            if key not in self.flip_segments:
+                del profile.clocks[key]  # of a segment no longer active, or changed
+        if profile.clocks:
+            flip = min(profile.clocks.values())
+            due = flip if due is None or flip < due else due
         profile.due = due or 0
 
 

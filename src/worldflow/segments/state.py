@@ -108,24 +108,35 @@ def measure(agg: Agg | None, behaviour: Behaviour, what: str, now: int, sessions
             return len(agg.values)
         return {"min": agg.low, "max": agg.high, "first_time": agg.first,
                 "last_time": agg.last}[what]  # fmt: skip
-    entries = live(agg, behaviour, now, sessions)
+    entries = agg.entries
+    start = 0
+    if behaviour.window_ms is not None:
+        start = bisect_right(entries, now - behaviour.window_ms, key=_time)
+    if behaviour.session:
+        entries, start = [e for e in entries[start:] if e[3] in sessions], 0
     if what == "count":
-        return len(entries)
+        return len(entries) - start
+    if start == len(entries):
+        return 0 if what in ("sum", "distinct") else None
     if what == "first_time":
-        return entries[0][0] if entries else None
+        return entries[start][0]
     if what == "last_time":
-        return entries[-1][0] if entries else None
+        return entries[-1][0]
     if what == "distinct":
-        return len({e[2] for e in entries if e[2] is not None})
-    numbers = [n for n in (numeric(e[2]) for e in entries) if n is not None]
-    if what == "sum":
-        total: int | float = 0
-        for n in numbers:
-            total += n
-        return total
-    if not numbers:
-        return None
-    return min(numbers) if what == "min" else max(numbers)
+        return len({entries[i][2] for i in range(start, len(entries))} - {None})
+    total: int | float = 0
+    low: int | float | None = None
+    high: int | float | None = None
+    for i in range(start, len(entries)):
+        n = numeric(entries[i][2])
+        if n is None:
+            continue
+        total += n
+        if low is None or n < low:
+            low = n
+        if high is None or n > high:
+            high = n
+    return total if what == "sum" else low if what == "min" else high
 
 
 def prune(agg: Agg, behaviour: Behaviour, now: int, sessions: Any) -> None:
@@ -234,13 +245,13 @@ def score_due(state: Score | None, model: ScoreModel, now: int,
     return (step + high) * model.step_ms
 
 
-def _sign(x: float) -> int:
-    return (x > 0) - (x < 0)
-
-
 def crosses(before: float, after: float, limits: tuple[float, ...]) -> bool:
-    """Whether a comparison of the value with one of ``limits`` differs after the change."""
-    return any(_sign(before - limit) != _sign(after - limit) for limit in limits)
+    """Whether a comparison of the value with one of ``limits`` differs after the change:
+    one lies between the two values, ends included."""
+    if before == after:
+        return False
+    low, high = (before, after) if before < after else (after, before)
+    return any(low <= limit <= high for limit in limits)
 
 
 def period(rule: ScoreRule, model: ScoreModel, at: int) -> int:
