@@ -15,9 +15,9 @@ first_time(B) + D``) and with fixed dates: memberships then change at exact inst
 Left out: sessions (every event belongs to one session that never ends, and no condition uses
 ``within: session``), world statistics, counters, ``{"var": "now"}`` read otherwise than in
 such comparisons (evaluated "when the profile changes or one of its timers fires", not at
-exact instants), score time zones other than UTC, and the bounds of 1,000 events per behaviour (streams here are shorter). Half-lives
-divide the decay step, so every decay factor is a power of two and the oracle's arithmetic is
-exact.
+exact instants), score time zones other than UTC, and the bounds of 1,000 events per
+behaviour (streams here are shorter). Half-lives divide the decay step, so every decay factor
+is a power of two and the oracle's arithmetic is exact.
 """
 
 from __future__ import annotations
@@ -543,7 +543,7 @@ def clocks(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, Any]:
     when = {which: draw(behaviours(which, names))}
     date = BASE + draw(st.integers(1, 40)) * 30 * SECOND + draw(st.sampled_from((0, 1, 499)))
     op = draw(st.sampled_from(COMPARISONS))
-    condition = draw(
+    return draw(
         st.sampled_from(
             (
                 {">": [{"-": [now, when]}, ms]},  # not seen for D
@@ -555,7 +555,6 @@ def clocks(draw: st.DrawFn, names: tuple[str, ...]) -> dict[str, Any]:
             )
         )
     )
-    return condition
 
 
 def atoms(earlier: list[str], scored: bool, names: tuple[str, ...]) -> st.SearchStrategy[Any]:

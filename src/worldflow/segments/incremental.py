@@ -49,6 +49,7 @@ class Transition:
     reason: str | None = None  # "merged" when the profile was merged into another
 
 
+_ABSENT: Any = object()
 SYSTEM_SOURCE = "_processor"  # the source of the events the processor itself appends
 _encode = msgspec.json.Encoder().encode
 
@@ -80,17 +81,23 @@ def membership_record(t: Transition, identities: dict[str, list[str]],
 
 
 class _ProfileScope(Scope):
-    __slots__ = ("definitions", "now", "profile", "sessions")
+    __slots__ = ("definitions", "measured", "now", "profile", "sessions")
 
     def __init__(self, definitions: Definitions, profile: Profile, now: int) -> None:
         self.definitions = definitions
         self.profile = profile
         self.now = now
         self.sessions = profile.sessions
+        self.measured: dict[tuple[str, str], Any] = {}
 
     def measure(self, behaviour: Behaviour, measure: str) -> Any:
-        agg = self.profile.aggregates.get(behaviour.id)
-        return state.measure(agg, behaviour, measure, self.now, self.sessions)
+        key = (behaviour.id, measure)  # segments often share one: measured once per evaluation
+        found = self.measured.get(key, _ABSENT)
+        if found is _ABSENT:
+            agg = self.profile.aggregates.get(behaviour.id)
+            found = self.measured[key] = state.measure(agg, behaviour, measure, self.now,
+                                                       self.sessions)  # fmt: skip
+        return found
 
     def sequence(self, steps: list[Behaviour], within_ms: int | None) -> bool:
         aggregates = self.profile.aggregates
@@ -420,18 +427,16 @@ class Definitions:
                                               behaviour_id))  # fmt: skip
             due = self._next_expiry(profile, expiries)
             for model in self.decaying:
-                score = profile.scores.get(model.key)
-                if score is None:
+                if model.key not in profile.scores:
                     continue
-                # Scores change only at step boundaries: since the previous one, did this one
-                # cross a number a reader compares it with?
-                before = state.score_value(
-                    score, model, max(instant - model.step_ms, score.step * model.step_ms)
-                )
-                after = state.score_value(score, model, instant)
-                if before != after:
+                # Has the score, decaying, reached its next step that concerns a reader?
+                score_due = self._score_due(profile, model, instant - 1)
+                if score_due and score_due <= instant:
+                    score = profile.scores[model.key]
+                    before = state.score_value(score, model, score_due - 1)
+                    after = state.score_value(score, model, instant)
                     self._score_moved(model.key, before, after, affected)
-                score_due = self._score_due(profile, model, instant)
+                    score_due = self._score_due(profile, model, instant)
                 if score_due and (not due or score_due < due):
                     due = score_due
             transitions += self._evaluate(profile, affected, instant)

@@ -219,11 +219,19 @@ class SqlProfileStore:
             ])  # fmt: skip
 
     def _write_memberships(self, conn: Connection, commit: Commit) -> None:
-        final: dict[tuple[str, str, str], int | None] = {}  # the last word per membership
+        # The last word per membership, and whether it was a member before (its first
+        # transition says): one that ends as it began is left as it is.
+        final: dict[tuple[str, str, str], int | None] = {}
+        before: dict[tuple[str, str, str], bool] = {}
         flows: dict[tuple[str, str, int], list[int]] = defaultdict(lambda: [0, 0])
         for t in commit.transitions:
-            final[(t.workspace_id, t.key, t.profile_id)] = t.at if t.entered else None
+            key = (t.workspace_id, t.key, t.profile_id)
+            final[key] = t.at if t.entered else None
+            before.setdefault(key, not t.entered)
             flows[(t.workspace_id, t.key, t.at // 60_000)][0 if t.entered else 1] += 1
+        for key, was in before.items():
+            if not was and final[key] is None:
+                del final[key]  # entered and left within the commit
         mark = self._mark
         gone = [key for key, since in final.items() if since is None]
         if gone:
