@@ -21,10 +21,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from worldflow import __version__, admin
+from worldflow.actions import api as actions_api
 from worldflow.collect import http as ingest_http
 from worldflow.collect import stream
 from worldflow.collect.errors import ApiError
 from worldflow.config import Settings, load_settings
+from worldflow.journeys import api as journeys_api
 from worldflow.log import LogError, LogOverloaded
 from worldflow.metrics import Metrics
 from worldflow.profiles import api as profiles_api
@@ -179,6 +181,8 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(profiles_api.router)
     app.include_router(segments_api.router)
+    app.include_router(actions_api.router)
+    app.include_router(journeys_api.router)
 
     # Browsers post to the ingest paths from any page of the brand's site or world.
     app.add_middleware(

@@ -127,13 +127,21 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
 
     from uvicorn.supervisors import Multiprocess
 
-    from worldflow.services import processor_process, settings_env, writer_process
+    from worldflow.services import (
+        deliverer_process,
+        processor_process,
+        settings_env,
+        writer_process,
+    )
 
     writer = writer_process(settings)
     writer.start()
     processor = processor_process(settings, writer.address)
     if processor is not None:
         processor.start()
+    deliverer = deliverer_process(settings)
+    if deliverer is not None:
+        deliverer.start()
     metrics_dir = settings.data_dir / "metrics"
     shutil.rmtree(metrics_dir, ignore_errors=True)
     metrics_dir.mkdir(parents=True)
@@ -145,6 +153,8 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
     try:
         Multiprocess(config, sockets=[config.bind_socket()]).run()
     finally:
+        if deliverer is not None:
+            deliverer.stop()
         if processor is not None:
             processor.stop()
         writer.stop()  # after the workers: it commits what they sent, then exits
@@ -190,6 +200,62 @@ def process(
     except PartitionBusyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from exc
+
+
+@app.command()
+def deliver(
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+    allow: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow",
+            help="A host name, IP address or CIDR range webhooks may go to although it is not "
+            "public (repeat it; adds to webhook_allow)",
+        ),
+    ] = None,
+    concurrency: Annotated[int, typer.Option(min=1, help="Requests at once, overall")] = 64,
+    per_destination: Annotated[
+        int, typer.Option(min=1, help="Requests at once to one destination")
+    ] = 8,
+    metrics_port: Annotated[
+        int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port")
+    ] = None,
+) -> None:
+    """Deliver journeys' webhooks from the store (one dispatcher per store), until stopped."""
+    import signal
+    import threading
+
+    from worldflow.actions.deliver import DelivererBusyError, quiet_http_logs, run
+    from worldflow.actions.webhooks import AllowList
+    from worldflow.metrics import Metrics
+
+    settings = _settings(config, data_dir=data_dir, store=store)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    quiet_http_logs()
+    try:
+        allowed = AllowList.parse([settings.webhook_allow, *(allow or [])])
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] --{exc}")
+        raise typer.Exit(2) from None
+    metrics = Metrics()
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port, addr="127.0.0.1", registry=metrics.registry)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    console.print(f"delivering webhooks from {settings.store_url.split('@')[-1]}")
+    try:
+        run(settings.store_url, stop, allow=allowed, concurrency=concurrency,
+            per_destination=per_destination, metrics=metrics)  # fmt: skip
+    except DelivererBusyError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
 
 
 @app.command()

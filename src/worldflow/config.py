@@ -52,10 +52,16 @@ class Settings:
     # Run the processor (log → profiles) inside `worldflow serve`; turn off when processors
     # run on their own (`worldflow process`).
     processor: bool = True
+    # Run the webhook dispatcher (deliveries → destinations) inside `worldflow serve`; turn off
+    # when it runs on its own (`worldflow deliver`).
+    deliver: bool = True
     # The processor keeps this many profiles and identities in memory (about 8 KB per profile
     # with its identities); colder ones are read back from the store when needed.
     hot_profiles: int = 20_000
     hot_identities: int = 100_000
+    # Webhooks go to public addresses only, except these host names, IP addresses and CIDR
+    # ranges (comma-separated, or a list in TOML), e.g. "127.0.0.1, 10.20.0.0/16".
+    webhook_allow: str = ""
     # Set by `worldflow serve` for its workers: where the log writer listens. Not a user setting.
     log_writer_address: str = ""
 
@@ -83,6 +89,8 @@ def normalise_store_url(url: str) -> str:
 
 def _coerce(name: str, value: Any, target: Any) -> Any:
     kind = type(target)
+    if kind is str and isinstance(value, list):  # a list in TOML
+        return ",".join(str(item) for item in value)
     try:
         if kind is Path:
             return Path(value)
@@ -132,4 +140,11 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError(f"port: {settings.port} is not a TCP port (1-65535)")
     if settings.store:
         normalise_store_url(settings.store)
+    if settings.webhook_allow:
+        from worldflow.actions.webhooks import AllowList
+
+        try:
+            AllowList.parse(settings.webhook_allow)
+        except ValueError as exc:
+            raise ConfigError(str(exc).replace("allow:", "webhook_allow:", 1)) from None
     return settings

@@ -9,6 +9,7 @@ API, exactly as a world's SDK would send it (see ``worldflow.simulate``).
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from worldflow.metrics import latency_quantiles
 from worldflow.segments.apply import apply
@@ -33,6 +36,8 @@ from worldflow.simulate import DEFAULT_MODEL, SimulationReport, run
 # Fixed, local-only demo secrets so the printed curl examples work.
 WRITE_KEY = "wk_demo_showroom"
 ADMIN_TOKEN = "wat_demo_admin"  # noqa: S105
+
+DEMO_SECRET = "whsec_" + base64.b64encode(b"worldflow-demo-crm-secret-32byte").decode()
 
 console = Console()
 SEGMENTS = DEFAULT_MODEL.parent / "segments"  # the example workspace's segments and scores
@@ -46,20 +51,70 @@ def _get(url: str, *, admin: bool = True) -> Any:
     return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
 
 
+def _put(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(  # noqa: S310 - local URL
+        url, data=json.dumps(body).encode(), method="PUT",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
 def _metric(text: str, name: str) -> float:
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{"))  # fmt: skip
 
 
+class Receiver:
+    """The demo's CRM: a local endpoint that verifies each webhook's Standard Webhooks signature
+    with the public library, and keeps when each webhook id first arrived, with its data."""
+
+    def __init__(self, secret: str = DEMO_SECRET) -> None:
+        self.secret = secret
+        self.arrived: dict[str, tuple[float, Any]] = {}  # webhook id → (time, data)
+        self.rejected = 0
+        hook, receiver = Webhook(secret), self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                try:
+                    hook.verify(body, dict(self.headers))
+                except WebhookVerificationError:
+                    receiver.rejected += 1
+                    self.send_response(401)
+                else:
+                    data = json.loads(body)["data"]
+                    receiver.arrived.setdefault(self.headers["webhook-id"], (time.time(), data))
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/hooks"
+
+    @property
+    def received(self) -> int:
+        return len(self.arrived)
+
+
 class Dashboard:
     """The live view: what the simulator sent and what the server did with it."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, receiver: Receiver | None = None) -> None:
         self.url = url
+        self.receiver = receiver
         self.report = SimulationReport()
         self.status: dict[str, Any] = {}
         self.metrics = ""
         self.segments: list[dict[str, Any]] = []
+        self.journeys: dict[str, dict[str, Any]] = {}  # key → its latest version's stats
         self.started = time.monotonic()
 
     def refresh(self) -> None:
@@ -67,8 +122,21 @@ class Dashboard:
             self.status = _get(f"{self.url}/v1/processor")
             self.metrics = _get(f"{self.url}/metrics", admin=False).decode()
             self.segments = _get(f"{self.url}/v1/segments")["segments"]
+            for journey in _get(f"{self.url}/v1/journeys")["journeys"]:
+                versions = _get(f"{self.url}/v1/journeys/{journey['key']}/stats")["versions"]
+                self.journeys[journey["key"]] = {**journey, "stats": versions[-1] if versions
+                                                 else {}}  # fmt: skip
         except (OSError, ValueError):
             pass  # the next refresh will do
+
+    def waiting(self) -> bool:
+        """Whether runs still wait in a timed step of the cart journey, or its webhooks have
+        not all arrived."""
+        stats = self.journeys.get("cart-rescue", {}).get("stats", {})
+        sent = stats.get("actions", {}).get("webhook", 0)
+        return bool(stats.get("at", {}).get("pause")) or (
+            self.receiver is not None and self.receiver.received < sent
+        )
 
     def render(self) -> Group:
         r = self.report
@@ -105,14 +173,33 @@ class Dashboard:
             segments.add_row(segment["key"], f"{segment['size']:,}", about or "")
         title = (f"segments, live ({counters.get('segment_transitions', 0):,} entries and exits,"
                  " each an event in the log)")  # fmt: skip
+        journeys = Table(box=None, pad_edge=False)
+        for column in ("journey", "entered", "inside now", "converted", "actions decided"):
+            journeys.add_column(column, style="bold cyan" if column == "journey" else None,
+                                justify="left" if column == "journey" else "right")  # fmt: skip
+        for key, journey in self.journeys.items():
+            stats = journey["stats"]
+            actions = ", ".join(f"{n:,} {channel}" for channel, n in
+                                sorted(stats.get("actions", {}).items())) or "-"  # fmt: skip
+            journeys.add_row(key, f"{stats.get('entered', 0):,}",
+                             f"{sum(stats.get('at', {}).values()):,}",
+                             f"{stats.get('converted', 0):,}", actions)  # fmt: skip
+        received = self.receiver.received if self.receiver else 0
+        about = f"journeys, live · {received:,} signed webhooks received by the demo's CRM"
         return Group(
             Panel(table, title="Worldflow demo: two simulated hours across three worlds"),
             Panel(segments, title=title),
+            Panel(journeys, title=about),
         )
 
 
 def _start_server(args: argparse.Namespace, url: str) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "WORLDFLOW_WRITE_KEY": WRITE_KEY, "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {
+        **os.environ,
+        "WORLDFLOW_WRITE_KEY": WRITE_KEY,
+        "WORLDFLOW_ADMIN_TOKEN": ADMIN_TOKEN,
+        "WORLDFLOW_WEBHOOK_ALLOW": "127.0.0.1",
+    }  # the demo's CRM listens on this machine
     Path(args.data_dir).mkdir(parents=True, exist_ok=True)
     log = (Path(args.data_dir) / "demo-server.log").open("ab")
     server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -192,10 +279,12 @@ def main() -> None:
     with console.status("starting the Worldflow server…"):
         server = _start_server(args, url)
     try:
+        receiver = Receiver()
+        _put(f"{url}/v1/destinations/crm", {"url": receiver.url, "secret": receiver.secret})
         for answer in apply(SEGMENTS, url, ADMIN_TOKEN):
             console.print(f"applied {answer['kind']} [bold]{answer['key']}[/bold] "
                           f"version {answer['version']}")  # fmt: skip
-        dashboard = Dashboard(url)
+        dashboard = Dashboard(url, receiver)
         done = threading.Event()
 
         def simulate() -> None:
@@ -213,6 +302,13 @@ def main() -> None:
                 dashboard.refresh()
                 live.update(dashboard.render())
             _wait_processed(url)
+            # The journeys' waits run on the log's clock (real time): let the ones the traffic
+            # started finish, and their webhooks arrive.
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and dashboard.waiting():
+                time.sleep(0.5)
+                dashboard.refresh()
+                live.update(dashboard.render())
             dashboard.refresh()
             live.update(dashboard.render())
         if dashboard.report.error:
@@ -236,6 +332,7 @@ def main() -> None:
             f"  by identity       curl {bearer} {url}/v1/profiles/by/user_id/{user}\n"
             f"  by trait          curl {bearer} '{url}/v1/profiles?trait=plan&value=vip'\n"
             f"  segments          curl {bearer} {url}/v1/segments/sneaker-fans\n"
+            f"  journeys          curl {bearer} {url}/v1/journeys/cart-rescue/stats\n"
             f"  the processor     curl {bearer} {url}/v1/processor\n"
             f"  quarantine        curl {bearer} {url}/v1/quarantine\n"
             f"  metrics           {url}/metrics\n"

@@ -37,6 +37,8 @@ import msgspec
 from worldflow.events.catalogue import Catalogue, EventSpec
 from worldflow.events.model import LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
+from worldflow.journeys.definition import Journey, compile_journey
+from worldflow.journeys.engine import Effects, Journeys, is_hidden
 from worldflow.log import LogEntry, LogRecord
 from worldflow.privacy import gate
 from worldflow.profiles import model
@@ -84,6 +86,8 @@ class Commit:
     transitions: list[Transition] = field(default_factory=list)
     outbox: list[LogRecord] = field(default_factory=list)  # membership events for the log
     activated: list[tuple[str, str, str, int]] = field(default_factory=list)  # ws, kind, key, v
+    effects: Effects = field(default_factory=Effects)  # journeys' deliveries and stats
+    deliver: bool = True  # write the deliveries (not in replay: they were, and were sent)
 
 
 class ProfileStore(Protocol):
@@ -156,6 +160,7 @@ class Processor:
         self.max_identities = max_identities
         self.emit = emit  # membership events go to the log (not in replay: they are there)
         self._definitions: dict[str, Definitions] = {}
+        self._journeys: dict[str, Journeys] = {}
         # Hot state, in least-recently-used order (dicts keep insertion order).
         self.profiles: dict[str, Profile] = {}
         self.identities: dict[IdentityKey, str] = {}
@@ -239,6 +244,7 @@ class Processor:
         self._transitions: list[Transition] = []
         self._outbox: list[LogRecord] = []
         self._activated: list[tuple[str, str, str, int]] = []
+        self._effects = Effects()
 
     def _commit(self) -> None:
         self.store.commit(
@@ -250,35 +256,89 @@ class Processor:
                 partitions=self.state,
                 partition_of_profile=self._new_partition,
                 transitions=self._transitions,
-                outbox=self._outbox,
+                outbox=self._outbox + self._effects.events if self.emit else self._outbox,
                 activated=self._activated,
+                effects=self._effects,
+                deliver=self.emit,
             )
         )
         self._begin_batch()
         self._evict()
 
-    def _record(self, transitions: list[Transition], partition: int) -> None:
-        """Membership changes: committed with the profiles, and sent to the log as events."""
-        self._transitions += transitions
-        self._count(partition, "segment_transitions", len(transitions))
-        if not self.emit:
+    def _record(self, transitions: list[Transition], partition: int, depth: int = 0) -> None:
+        """Membership changes: committed with the profiles, sent to the log as events, and
+        to the journeys (those of journeys' hidden segments only to the journeys)."""
+        if not transitions:
             return
+        journeys = self._journeys_for(transitions[0].workspace_id)
+        shown = transitions if journeys.empty else [t for t in transitions if not is_hidden(t.key)]
+        self._transitions += shown
+        self._count(partition, "segment_transitions", len(shown))
+        if self.emit:
+            for t in shown:
+                profile = self.profiles.get(t.profile_id)
+                ids = profile.identities if profile is not None else {}
+                self._outbox.append(membership_record(t, ids, partition))
+        if journeys.empty:
+            return
+        by_profile: dict[str, list[Transition]] = {}
         for t in transitions:
-            profile = self.profiles.get(t.profile_id)
-            ids = profile.identities if profile is not None else {}
-            self._outbox.append(membership_record(t, ids, partition))
+            by_profile.setdefault(t.profile_id, []).append(t)
+        for profile_id, found in by_profile.items():
+            profile = self.profiles.get(profile_id)
+            if profile is not None:
+                journeys.on_transitions(profile, found, self._effects)
+                self._after_journeys(profile, partition, found[-1].at, depth)
+
+    def _after_journeys(self, profile: Profile, partition: int, now: int, depth: int) -> None:
+        """What runs changed on the profile: traits and scores re-evaluate the segments that
+        read them (whose transitions reach the journeys again, a few levels deep at most)."""
+        effects = self._effects
+        traits = effects.traits.pop(profile.id, None)
+        awards = [a for a in effects.awards if a[0] == profile.id]
+        if awards:
+            effects.awards = [a for a in effects.awards if a[0] != profile.id]
+        journeys = self._journeys_for(profile.workspace_id)
+        journeys.schedule(profile)
+        self._touch(profile)
+        if not traits and not awards:
+            return
+        if depth >= 4:
+            self._count(partition, "journey_cascades_cut")
+            return
+        definitions = self._definitions_for(profile.workspace_id)
+        transitions = []
+        for _, score, points, at in awards:
+            transitions += definitions.award(profile, score, points, at)
+        if traits:
+            transitions += definitions.on_event(profile, None, {}, "", "", now, 0, now, traits)
+        if transitions:
+            self._record(transitions, partition, depth + 1)
 
     def _definitions_for(self, workspace_id: str) -> Definitions:
         found = self._definitions.get(workspace_id)
         if found is None:
-            compiled = []
+            compiled, journeys = [], []
             for version, document in self.store.active_definitions(workspace_id):
                 try:
-                    compiled.append(compile_definition(document, version))
+                    if document.get("kind") == "journey":
+                        journeys.append(compile_journey(document, version))
+                    else:
+                        compiled.append(compile_definition(document, version))
                 except DefinitionError:
                     log.exception("definition %s of %s no longer compiles; left out",
                                   document.get("key"), workspace_id)  # fmt: skip
-            found = self._definitions[workspace_id] = Definitions(workspace_id, compiled)
+            self._journeys[workspace_id] = _live(workspace_id, journeys)
+            hidden = [s for j in journeys for s in j.hidden]
+            found = self._definitions[workspace_id] = Definitions(workspace_id,
+                                                                  [*compiled, *hidden])  # fmt: skip
+        return found
+
+    def _journeys_for(self, workspace_id: str) -> Journeys:
+        found = self._journeys.get(workspace_id)
+        if found is None:
+            self._definitions_for(workspace_id)
+            found = self._journeys[workspace_id]
         return found
 
     def _evict(self) -> None:
@@ -325,10 +385,17 @@ class Processor:
                 chosen[(kind, key)] = (version, document)  # not unknown, nor superseded
         if not chosen:
             return
+        old_journeys = self._journeys_for(ws)
         try:
-            new = Definitions(ws, [*(d for d in old.all() if (d.kind, d.key) not in chosen),
-                                   *(compile_definition(document, version)
-                                     for version, document in chosen.values())])  # fmt: skip
+            compiled = [compile_journey(d, v) if d.get("kind") == "journey" else
+                        compile_definition(d, v) for v, d in chosen.values()]  # fmt: skip
+            journeys = [*(j for j in old_journeys.journeys.values()
+                          if ("journey", j.key) not in chosen),
+                        *(c for c in compiled if isinstance(c, Journey))]  # fmt: skip
+            new = Definitions(ws, [
+                *(d for d in old.all() if (d.kind, d.key) not in chosen and not is_hidden(d.key)),
+                *(c for c in compiled if not isinstance(c, Journey)),
+                *(s for j in journeys for s in j.hidden)])  # fmt: skip
         except DefinitionError:
             log.exception("definitions %s of %s do not compile; not activated", sorted(chosen),
                           ws)  # fmt: skip
@@ -344,6 +411,7 @@ class Processor:
                 self.store.lookup_identities, self._settings_for(ws)[0], self.catalogue,
             )  # fmt: skip
         keys = {key for kind, key in chosen if kind == "segment"}
+        keys.update(s.key for c in compiled if isinstance(c, Journey) for s in c.hidden)
         keys.update(k for score in scores for k in new.score_readers.get(score, ()))
         keys.update(k for b in todo.behaviours for k in new.readers.get(b.id, ()))
         now = self.state[entry.partition].stream_time_ms
@@ -380,6 +448,7 @@ class Processor:
             self._commit()
             progress("backfilling")
         self._definitions[ws] = new
+        self._journeys[ws] = _live(ws, journeys)
         self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
                             chosen.items()]  # fmt: skip
         self._commit()  # with the status: active
@@ -548,8 +617,10 @@ class Processor:
         )
         self._count(entry.partition, "merges")
         definitions = self._definitions_for(ws)
+        now = self.state[entry.partition].stream_time_ms
+        if merged.journeys or survivor.journeys:
+            self._journeys_for(ws).on_merge(survivor, merged, now, self._effects)
         if not definitions.empty:
-            now = self.state[entry.partition].stream_time_ms
             self._record(definitions.on_merge(survivor, merged, now), entry.partition)
         self._touch(survivor)
         return survivor
@@ -563,12 +634,14 @@ class Processor:
         # window may expire earlier than the timer scheduled (a late event, a shorter window).
         scheduled = self._scheduled.get(profile.id)
         if scheduled is None:
-            if profile.sessions or profile.due:
+            if profile.sessions or profile.due or profile.journey_due:
                 due = profile.next_timer()
                 if due is not None:
                     self._schedule(profile.id, due)
-        elif profile.due and profile.due < scheduled:
-            self._schedule(profile.id, profile.due)
+        else:
+            for due in (profile.due, profile.journey_due):
+                if due and due < scheduled:
+                    self._schedule(profile.id, due)
 
     def _schedule(self, profile_id: str, due: int) -> None:
         scheduled = self._scheduled.get(profile_id)
@@ -592,9 +665,16 @@ class Processor:
                 self._end_session(
                     profile, session, None, offset, synthetic=True, partition=partition
                 )
-            if profile.due and profile.due <= now:
-                definitions = self._definitions_for(profile.workspace_id)
-                self._record(definitions.on_timer(profile, now), partition)
+            definitions = self._definitions_for(profile.workspace_id)
+            while True:  # segments' instants and journeys' waits, in time order
+                wake = profile.journey_due if 0 < profile.journey_due <= now else 0
+                until = wake or now
+                if profile.due and profile.due <= until:
+                    self._record(definitions.on_timer(profile, until), partition)
+                if not wake:
+                    break
+                self._journeys_for(profile.workspace_id).on_timer(profile, wake, self._effects)
+                self._after_journeys(profile, partition, wake, 0)
             self._touch(profile)
 
     def _apply(self, entry: LogEntry, event: LoggedEvent, ids: list[Identity]) -> None:
@@ -677,6 +757,11 @@ class Processor:
             )  # fmt: skip
             if transitions:
                 self._record(transitions, partition)
+        journeys = self._journeys_for(event.workspace_id)
+        if not journeys.empty and event.type == "track":
+            now = self.state[partition].stream_time_ms
+            journeys.on_event(profile, name, properties, now, self._effects)
+            self._after_journeys(profile, partition, now, 0)
         self._touch(profile)
 
     def _session(self, profile: Profile, event: LoggedEvent, world_id: str, at: int,
@@ -774,6 +859,11 @@ def _definition_runs(decoded: Sequence[tuple[LogEntry, Any, Any]]) -> dict[int, 
         else:
             run = None
     return runs
+
+
+def _live(workspace_id: str, journeys: list[Journey]) -> Journeys:
+    """The journeys whose runs the processor moves (drafts take no part)."""
+    return Journeys(workspace_id, [j for j in journeys if j.status != "draft"])
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:

@@ -63,6 +63,28 @@ class Metrics:
             ["partition", "counter"], registry=r, multiprocess_mode="max",
         )  # fmt: skip
 
+        # The delivery dispatcher's (actions/deliver.py), in its own process.
+        self.deliveries_delivered = Counter(
+            "worldflow_deliveries_delivered", "Deliveries a destination accepted (2xx)",
+            ["channel"], registry=r,
+        )  # fmt: skip
+        self.delivery_attempts_failed = Counter(
+            "worldflow_delivery_attempts_failed", "Attempts that failed and will be retried",
+            ["channel", "reason"], registry=r,
+        )  # fmt: skip
+        self.deliveries_dead = Counter(
+            "worldflow_deliveries_dead", "Deliveries given up (permanent error, window ended)",
+            ["channel"], registry=r,
+        )  # fmt: skip
+        self.delivery_latency = Histogram(
+            "worldflow_delivery_duration_seconds", "Time from request to answer (or failure)",
+            ["channel"], buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0), registry=r,
+        )  # fmt: skip
+        self.circuit_changes = Counter(
+            "worldflow_destination_circuit_changes", "Destination circuit state changes",
+            ["state"], registry=r,
+        )  # fmt: skip
+
     def observe_commit(self, events: int, seconds: float) -> None:
         self.log_commit_events.observe(events)
         self.log_commit_latency.observe(seconds)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +24,9 @@ from worldflow.processing import ProcessorProcess
 from worldflow.store.definitions import SqlDefinitionStore
 from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.sql import Bootstrap, SqlStore
+
+if TYPE_CHECKING:
+    from worldflow.actions.deliver import DelivererProcess
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +65,15 @@ def processor_process(settings: Settings, writer_address: str) -> ProcessorProce
     return ProcessorProcess(settings.store_url, (0,), writer_address, processor_options(settings))
 
 
+def deliverer_process(settings: Settings) -> DelivererProcess | None:
+    """The embedded webhook dispatcher, unless it runs on its own."""
+    if not settings.deliver:
+        return None
+    from worldflow.actions.deliver import DelivererProcess  # its HTTP client: not in workers
+
+    return DelivererProcess(settings.store_url, {"allow": settings.webhook_allow})
+
+
 def processor_options(settings: Settings) -> dict[str, Any]:
     return {"max_profiles": settings.hot_profiles, "max_identities": settings.hot_identities}
 
@@ -88,6 +101,7 @@ class Services:
     definitions: SqlDefinitionStore
     writer: WriterProcess | None = None  # owned by this process when it is the only worker
     processor: ProcessorProcess | None = None  # likewise
+    deliverer: DelivererProcess | None = None  # likewise
     ready: bool = False
 
     @classmethod
@@ -125,20 +139,29 @@ class Services:
             definitions=SqlDefinitionStore(store.engine),
             writer=writer,
             processor=processor_process(settings, address) if writer is not None else None,
+            deliverer=deliverer_process(settings) if writer is not None else None,
         )
 
     async def start(self) -> None:
         if self.writer is not None:
             await run_in_threadpool(self.writer.start)
         await self.log.start()
-        if self.processor is not None:
-            await run_in_threadpool(self.processor.start)
+        # The processor and the dispatcher start side by side: each waits for its own child.
+        await asyncio.gather(
+            *(
+                run_in_threadpool(child.start)
+                for child in (self.processor, self.deliverer)
+                if child is not None
+            )
+        )
         self.ready = True
 
     async def close(self) -> None:
         """Let the log writer commit what it holds, then release the store."""
         self.ready = False
         await self.log.close()
+        if self.deliverer is not None:
+            await run_in_threadpool(self.deliverer.stop)
         if self.processor is not None:  # before the writer: it may be appending a clock tick
             await run_in_threadpool(self.processor.stop)
         if self.writer is not None:

@@ -17,6 +17,7 @@ from starlette.concurrency import run_in_threadpool
 from worldflow.admin import Read, _services
 from worldflow.collect.errors import ApiError
 from worldflow.identity.types import DEFAULT_TYPES
+from worldflow.journeys.definition import HIDDEN
 from worldflow.profiles.model import Profile
 from worldflow.segments.definition import ScoreModel, compile_definition
 from worldflow.segments.state import score_value
@@ -81,7 +82,14 @@ def profile_json(profile: Profile, models: dict[str, ScoreModel] | None = None) 
             for r in reversed(profile.recent)
         ],
         "merged_from": profile.merged_from,
-        "segments": {key: _iso(since) for key, since in profile.segments.items()},
+        "segments": {key: _iso(since) for key, since in profile.segments.items()
+                     if not key.startswith(HIDDEN)},  # journeys' conditions stay inside
+        "journeys": {key: {"step": run.step_id if run.step >= 0 else None,
+                           "since": _iso(run.since), "entered": _iso(run.entered),
+                           "runs": run.count, "outcome": run.outcome or None,
+                           "ended": _iso(run.ended) if run.ended else None,
+                           "waiting_until": _iso(run.wake) if run.wake else None}
+                     for key, run in profile.journeys.items()},
         "scores": {key: round(score_value(value, (models or {})[key], now), 3)
                    for key, value in profile.scores.items() if key in (models or {})},
     }  # fmt: skip

@@ -104,6 +104,22 @@ class Recent(msgspec.Struct, omit_defaults=True, gc=False):
         return value
 
 
+class Run(msgspec.Struct, array_like=True, gc=False):
+    """One profile's run through one journey (the latest: an ended one is kept for the
+    re-entry policy)."""
+
+    version: int  # of the journey
+    step: int  # index of the current step; -1 once ended
+    step_id: str  # the current step's id: where a new version of the journey continues
+    since: int  # when it reached the step
+    wake: int = 0  # when its wait ends (0: not waiting on time)
+    entered: int = 0
+    count: int = 1  # runs so far, this one included
+    actions: int = 0  # actions taken in this run (their ids count them)
+    ended: int = 0
+    outcome: str = ""  # of an ended run: completed, converted, exited, holdout…
+
+
 class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     id: str
     workspace_id: str
@@ -126,9 +142,13 @@ class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     caps: dict[str, tuple[int, float]] = {}  # score rule id → (period, points awarded in it)
     clocks: dict[str, int] = {}  # segment key → when a comparison of it with now may flip
     due: int = 0  # when a window, a score or a clock next changes by itself (0: never)
+    journeys: dict[str, Run] = {}  # journey key → the latest run
+    journey_due: int = 0  # when a journey's wait next ends (0: never)
 
     def next_timer(self) -> int | None:
         due = self.due or None
+        if self.journey_due and (due is None or self.journey_due < due):
+            due = self.journey_due
         if not self.sessions:
             return due
         session_due = min(s.last_received for s in self.sessions.values()) + SESSION_IDLE_MS

@@ -1,5 +1,6 @@
-"""``worldflow apply PATH``: send the segment and score definitions in YAML or JSON files to a
-server's admin API, score models first (segments read them), each checked locally first."""
+"""``worldflow apply PATH``: send the segment, score and journey definitions in YAML or JSON
+files to a server's admin API, score models first (segments read them), journeys last (they
+read segments), each checked locally first."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from worldflow.journeys.definition import validate as validate_journey
 from worldflow.segments.definition import DefinitionError, iter_documents, validate
 
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -29,7 +31,9 @@ def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     for file in files:
         try:
             for i, document in enumerate(iter_documents(file.read_text(), str(file))):
-                yield f"{file}#{i + 1}", validate(document)
+                journey = isinstance(document, dict) and document.get("kind") == "journey"
+                yield f"{file}#{i + 1}", validate_journey(document) if journey else validate(
+                    document)  # fmt: skip
         except DefinitionError as exc:
             raise ApplyError(f"{file}: {exc}") from None
 
@@ -38,10 +42,11 @@ def apply(path: Path, url: str, token: str) -> list[dict[str, Any]]:
     """Validate everything, then PUT score models, then segments; the server's answers."""
     if not url.startswith(("http://", "https://")):
         raise ApplyError(f"--url: {url!r} is not an http(s) URL")
-    found = sorted(documents(path), key=lambda item: item[1]["kind"] != "score")
+    order = {"score": 0, "segment": 1, "journey": 2}
+    found = sorted(documents(path), key=lambda item: order[item[1]["kind"]])
     answers = []
     for where, document in found:
-        kind = "scores" if document["kind"] == "score" else "segments"
+        kind = {"score": "scores", "segment": "segments", "journey": "journeys"}[document["kind"]]
         request = urllib.request.Request(  # noqa: S310 - checked above: http(s) only
             f"{url.rstrip('/')}/v1/{kind}/{document['key']}",
             data=json.dumps(document).encode(),

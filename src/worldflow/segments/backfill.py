@@ -180,7 +180,8 @@ def preview(document: dict[str, Any], workspace_id: str,
     segment = compile_definition(document, 0)
     key = segment.key
     current = [compile_definition(d, v) for v, d in active
-               if (d.get("kind", "segment"), d.get("key")) != ("segment", key)]  # fmt: skip
+               if d.get("kind", "segment") in ("segment", "score")
+               and (d.get("kind", "segment"), d.get("key")) != ("segment", key)]  # fmt: skip
     base = Definitions(workspace_id, current)
     new = Definitions(workspace_id, [*current, segment])
     todo = change(base, new)

@@ -112,11 +112,9 @@ class Behaviour:
     # Whether ``where`` holds exactly when one of ``keys`` does (so an event found through
     # them needs no test).
     exact: bool = field(compare=False, repr=False, default=False)
-
-    @property
-    def entries(self) -> bool:
-        """Whether each matching event is kept (a window, a session, or a sequence step)."""
-        return self.window_ms is not None or self.session or self.keep_times
+    # Whether each matching event is kept (a window, a session, or a sequence step), rather
+    # than running totals.
+    entries: bool = field(compare=False, repr=False, default=False)
 
 
 def _behaviour(
@@ -154,7 +152,8 @@ def _behaviour(
     digest = hashlib.blake2b(identity.encode(), digest_size=8).hexdigest()
     keys = tuple(_index_keys(where) or ())
     return Behaviour(digest, event, where, of, world, window_ms, session, keep_times, matches,
-                     _getter(of), keys, bool(keys) and _exact(where))  # fmt: skip
+                     _getter(of), keys, bool(keys) and _exact(where),
+                     window_ms is not None or session or keep_times)  # fmt: skip
 
 
 def _index_keys(where: Any) -> list[tuple[str, str, str]] | None:

@@ -545,6 +545,23 @@ class Definitions:
         self._schedule(survivor, now)
         return transitions
 
+    def award(self, profile: Profile, key: str, points: float, now: int) -> list[Transition]:
+        """Points given outside the score model's rules (a journey's action)."""
+        model = self.scores.get(key)
+        if model is None:
+            return []
+        before = state.score_value(profile.scores.get(key), model, now)
+        profile.scores[key] = state.Score(before + points, now // model.step_ms)
+        affected: set[str] = set()
+        self._score_moved(key, before, state.score_value(profile.scores[key], model, now),
+                          affected)  # fmt: skip
+        transitions = self._evaluate(profile, affected, now) if affected else []
+        if key in self.decaying_keys:
+            due = self._score_due(profile, model, now)
+            if due and (not profile.due or due < profile.due):
+                profile.due = due
+        return transitions
+
     def evaluate_all(self, profile: Profile, now: int, keys: Iterable[str] | None = None,
                      backfill: bool = False) -> list[Transition]:  # fmt: skip
         """Evaluate the given segments (all by default) and their dependents."""

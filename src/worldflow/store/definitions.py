@@ -20,6 +20,8 @@ from worldflow.store.schema import (
     active_definitions,
     definition_status,
     definitions,
+    deliveries,
+    journey_stats,
     segment_members,
     segment_sizes,
 )
@@ -111,6 +113,42 @@ class SqlDefinitionStore:
     def documents(self, workspace_id: str) -> list[tuple[int, dict[str, Any]]]:
         """(version, document) of the latest version of every definition."""
         return [(r["version"], r["document"]) for r in self.latest(workspace_id)]
+
+    def journey_stats(self, workspace_id: str, key: str) -> list[dict[str, Any]]:
+        """Per version, the journey's counters grouped (docs/JOURNEYS.md, "Stats"), with the
+        outcomes of its deliveries so far by channel."""
+        c = journey_stats.c
+        query = (sa.select(c.version, c.metric, c.count)
+                 .where(c.workspace_id == workspace_id, c.journey == key)
+                 .order_by(c.version, c.metric))  # fmt: skip
+        d = deliveries.c
+        sent = (sa.select(d.channel, d.state, sa.func.count())
+                .where(d.workspace_id == workspace_id,
+                       d.payload.like(f'%"journey":"{key}",%'))
+                .group_by(d.channel, d.state))  # fmt: skip
+        versions: dict[int, dict[str, Any]] = {}
+        with self.engine.connect() as conn:
+            for version, metric, count in conn.execute(query):
+                found = versions.setdefault(version, {"version": version, "at": {},
+                                                      "reached": {}, "branches": {},
+                                                      "actions": {}, "ends": {}})  # fmt: skip
+                head, _, rest = metric.partition(":")
+                if head in ("at", "reached", "actions"):
+                    if count:
+                        found[head][rest] = count
+                elif head in ("branch", "split", "event", "timeout"):
+                    step, _, arm = rest.partition(":")
+                    found["branches"].setdefault(step, {})[arm or head] = count
+                elif head == "entered":
+                    found["entered"] = count
+                else:  # how runs ended: completed, converted, exited, holdout…
+                    found["ends"][metric] = count
+            outcomes: dict[str, dict[str, int]] = {}
+            for channel, state, count in conn.execute(sent):
+                outcomes.setdefault(channel, {})[state] = int(count)
+        return [{**v, "entered": v.get("entered", 0),
+                 "converted": v["ends"].get("converted", 0), "deliveries": outcomes}
+                for v in versions.values()]  # fmt: skip
 
     def size(self, workspace_id: str, key: str) -> int:
         c = segment_members.c

@@ -21,12 +21,14 @@ from worldflow.engine import Commit, IdentityKey, PartitionState
 from worldflow.identity.types import normalise
 from worldflow.log import LogRecord
 from worldflow.profiles.model import Profile, profile_decoder, profile_encoder
+from worldflow.store.deliveries import insert_deliveries
 from worldflow.store.schema import (
     active_definitions,
     definition_status,
     definitions,
     event_log,
     identities,
+    journey_stats,
     outbox,
     processor_state,
     profile_merges,
@@ -177,6 +179,10 @@ class SqlProfileStore:
             self._write_profiles(conn, commit)
             if commit.transitions:
                 self._write_memberships(conn, commit)
+            if commit.effects.stats:
+                self._write_journey_stats(conn, commit.effects.stats)
+            if commit.effects.deliveries and commit.deliver:
+                insert_deliveries(conn, commit.effects.deliveries)  # an id decided twice: once
             if commit.outbox:
                 conn.execute(sa.insert(outbox), [
                     {"workspace_id": r.workspace_id, "message_id": r.message_id,
@@ -250,6 +256,15 @@ class SqlProfileStore:
             "DO UPDATE SET entered = segment_sizes.entered + excluded.entered,"
             " exited = segment_sizes.exited + excluded.exited",
             [(*key, entered, exited) for key, (entered, exited) in flows.items()])  # fmt: skip
+
+    def _write_journey_stats(self, conn: Connection, stats: dict[Any, int]) -> None:
+        mark = self._mark
+        conn.exec_driver_sql(
+            "INSERT INTO journey_stats (workspace_id, journey, version, metric, count) VALUES "
+            f"({mark}, {mark}, {mark}, {mark}, {mark}) ON CONFLICT "
+            "(workspace_id, journey, version, metric) DO UPDATE SET "
+            "count = journey_stats.count + excluded.count",
+            [(*key, n) for key, n in stats.items() if n])  # fmt: skip
 
     def outbox_pending(self, limit: int = 5000) -> list[tuple[int, LogRecord]]:
         c = outbox.c
@@ -381,5 +396,6 @@ class SqlProfileStore:
         """Forget every derived row (replay rebuilds them from the log)."""
         with self.engine.begin() as conn:
             for table in (processor_state, profile_merges, identities, profiles,
-                          active_definitions, segment_members, segment_sizes, outbox):  # fmt: skip
+                          active_definitions, segment_members, segment_sizes, outbox,
+                          journey_stats):  # fmt: skip
                 conn.execute(sa.delete(table))

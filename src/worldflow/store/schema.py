@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -211,6 +212,19 @@ segment_sizes = Table(
     Column("exited", BigInteger, nullable=False),
 )
 
+# Journey counters per version (docs/JOURNEYS.md, "Stats"): entered, at:<step> (now there:
+# +1 on arrival, −1 on leaving), reached:<step>, branch:<step>:<arm>, converted, … Derived:
+# replay rebuilds them.
+journey_stats = Table(
+    "journey_stats",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("journey", String(64), primary_key=True),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("metric", String(200), primary_key=True),
+    Column("count", BigInteger, nullable=False),
+)
+
 outbox = Table(
     "outbox",
     metadata,
@@ -220,4 +234,65 @@ outbox = Table(
     Column("partition", Integer, nullable=False),
     Column("received_at_ms", BigInteger, nullable=False),
     Column("body", LargeBinary, nullable=False),
+)
+
+# --- Actions: deliveries and where they go (worldflow.actions) ---------------------------------
+# Not derived: what was delivered cannot be rebuilt from the log, so replay leaves these alone.
+
+# A webhook destination, by a key its workspace chooses (``crm``). The circuit columns are the
+# dispatcher's: it stops sending to a destination that keeps failing and probes it later.
+webhook_destinations = Table(
+    "webhook_destinations",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("id", String(64), primary_key=True),
+    Column("url", Text, nullable=False),
+    # The Standard Webhooks secret (whsec_<base64>). Unlike write keys and tokens it is stored
+    # in clear: the dispatcher needs it to sign every request.
+    Column("secret", Text, nullable=False),
+    Column("headers", Text, nullable=False, server_default="{}"),  # JSON {name: value}
+    Column("timeout_ms", Integer, nullable=False, server_default="5000"),
+    Column("rate_per_s", Float, nullable=True),  # at most this many requests per second
+    Column("disabled", Boolean, nullable=False, server_default="0"),
+    # closed | open (nothing is sent until reopen_at_ms) | half_open (one probe is in flight)
+    Column("circuit_state", String(16), nullable=False, server_default="closed"),
+    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("opened_at_ms", BigInteger, nullable=True),
+    Column("reopen_at_ms", BigInteger, nullable=True),  # when an open circuit lets a probe by
+    Column("created_at_ms", BigInteger, nullable=False),
+    Column("updated_at_ms", BigInteger, nullable=False),
+)
+
+# One action to deliver, written in the same transaction as the state change that decided it.
+# The id is the webhook-id receivers deduplicate on: producers derive it from what caused the
+# action, so writing the same action twice (a crash, a retry) inserts nothing.
+deliveries = Table(
+    "deliveries",
+    metadata,
+    Column("id", String(64), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),  # webhook (e-mail, in-world: later)
+    Column("destination_id", String(64), nullable=False),
+    Column("event_type", String(200), nullable=False),  # journey.action
+    Column("payload", Text, nullable=False),  # JSON
+    Column("created_ms", BigInteger, nullable=False),
+    Column("state", String(16), nullable=False),  # pending | delivered | dead
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("next_attempt_ms", BigInteger, nullable=False),
+    Column("last_status", Integer, nullable=True),  # HTTP status of the last attempt
+    Column("last_error", Text, nullable=True),
+    Column("delivered_ms", BigInteger, nullable=True),
+    Column("replayed_ms", BigInteger, nullable=True),  # a replay starts the retry window again
+    Index(None, "channel", "state", "next_attempt_ms"),  # what is due
+    # A destination's due rows, so that a destination with a backlog (slow, or down) does not
+    # stand in front of the others; also which destinations have pending rows at all.
+    Index(
+        "ix_deliveries_pending_by_destination",
+        "channel",
+        "state",
+        "workspace_id",
+        "destination_id",
+        "next_attempt_ms",
+    ),
+    Index(None, "workspace_id", "state", "created_ms"),  # the dead letters, newest first
 )

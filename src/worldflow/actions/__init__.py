@@ -1,0 +1,1 @@
+"""Actions: the outbox dispatchers that deliver what journeys decided (webhooks for now)."""

@@ -1,0 +1,1 @@
+"""Journeys: definitions, the engine that runs them per profile, and their API."""

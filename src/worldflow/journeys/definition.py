@@ -1,0 +1,354 @@
+"""Journey documents: parsed, validated with paths, compiled (semantics: docs/JOURNEYS.md).
+
+A journey is an entry, a list of steps and optional goal and exit conditions. Every condition
+it holds (the entry's, a branch's, the goal's) is compiled into a hidden segment, keyed
+``~<journey>.<n>``, that the segments engine keeps exact and incremental like any other: a
+branch reads its membership, and a goal or exit condition is met the instant its hidden
+segment is entered.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from worldflow.segments.definition import (
+    EVENT_NAME,
+    KEY,
+    DefinitionError,
+    Segment,
+    compile_condition,
+    parse_duration,
+)
+from worldflow.segments.logic import Evaluator, LogicError, compile_logic, reads, truthy
+
+STATUSES: Final = ("draft", "active", "paused", "archived")
+ACTIONS: Final = ("webhook", "set_traits", "unset_traits", "emit", "inworld", "award")
+HIDDEN: Final = "~"  # the prefix of the segments journeys compile their conditions into
+MAX_STEPS: Final = 200
+EXIT: Final = "exit"
+
+_JOURNEY_FIELDS: Final = {"kind", "key", "name", "description", "status", "entry", "reentry",
+                          "steps", "goal", "exit"}  # fmt: skip
+_ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
+_STEP_KINDS: Final = ("wait", "wait_for", "branch", "split", "action", "goto", "exit")
+
+
+@dataclass(frozen=True, slots=True)
+class Trigger:
+    """What starts a run, or ends one (a goal, an exit): an event (with a condition on its
+    properties), entering or leaving a segment, an API call, or a profile condition becoming
+    true (its hidden segment entered)."""
+
+    event: str | None = None
+    where: Evaluator | None = field(default=None, compare=False, repr=False)
+    segment: str | None = None  # entered
+    segment_exited: str | None = None
+    api: bool = False
+
+    def matches_event(self, name: str | None, properties: dict[str, Any]) -> bool:
+        if self.event is None or name != self.event:
+            return False
+        return self.where is None or truthy(self.where(properties))
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    index: int
+    id: str
+    kind: str  # one of _STEP_KINDS
+    next: int | None  # the step that follows (None: the end, the run completes)
+    wait_ms: int | None = None  # wait; wait_for's timeout
+    event: Trigger | None = None  # wait_for
+    on_timeout: int | None = None  # wait_for: where a timeout goes
+    branches: tuple[tuple[str, int | None], ...] = ()  # branch: (hidden segment, target)
+    weights: tuple[tuple[float, int | None], ...] = ()  # split: (cumulative weight, target)
+    holdout: float = 0.0  # split: the share kept out as a control group (percent)
+    action: dict[str, Any] | None = None
+    journey: str | None = None  # goto another journey
+    reason: str = "completed"  # exit
+
+
+@dataclass(slots=True)
+class Journey:
+    kind = "journey"
+    key: str
+    version: int
+    document: dict[str, Any]
+    status: str
+    entry: Trigger
+    entry_segment: str | None  # hidden segment of the entry condition (members may enter)
+    reentry: str  # never | always | after
+    reentry_after_ms: int | None
+    steps: list[Step]
+    goal: Trigger | None
+    exit: Trigger | None
+    hidden: list[Segment]  # the hidden segments of its conditions
+
+
+def validate(raw: Any, key: str | None = None) -> dict[str, Any]:
+    """Check a journey document's shape; return it with ``kind`` and ``key`` filled in."""
+    if not isinstance(raw, dict):
+        raise DefinitionError("", "a journey is an object (a YAML mapping)")
+    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
+    if document.setdefault("kind", "journey") != "journey":
+        raise DefinitionError("kind", f"{document['kind']!r} is not journey")
+    if key is not None and document.setdefault("key", key) != key:
+        raise DefinitionError("key", f"{document['key']!r} differs from {key!r} in the URL")
+    if not isinstance(document.get("key"), str) or not KEY.fullmatch(document["key"]):
+        raise DefinitionError("key", f"{document.get('key')!r} is not a key: lower-case "
+                              "letters, digits, - and _, at most 64")  # fmt: skip
+    for name in document:
+        if name not in _JOURNEY_FIELDS:
+            raise DefinitionError(name, _unknown(_JOURNEY_FIELDS))
+    compile_journey(document, 0)
+    return document
+
+
+def compile_journey(document: dict[str, Any], version: int) -> Journey:
+    key = document["key"]
+    status = document.get("status", "draft")
+    if status not in STATUSES:
+        raise DefinitionError("status", f"{status!r} is not one of {', '.join(STATUSES)}")
+    hidden: list[Segment] = []
+
+    def condition(rule: Any, path: str) -> str:
+        """A hidden segment for a profile condition; its key."""
+        segment_key = f"{HIDDEN}{key}.{len(hidden)}"
+        evaluate, needs = compile_condition(rule, path)
+        if any(s.startswith(HIDDEN) for s in needs.segments):
+            raise DefinitionError(path, "in_segment cannot name a journey's hidden segment")
+        document = {"kind": "segment", "key": segment_key, "condition": rule}
+        hidden.append(Segment(segment_key, version, document, evaluate, needs))
+        return segment_key
+
+    entry, entry_segment = _trigger(document.get("entry"), "entry", condition, entry=True)
+    reentry, after = _reentry(document.get("reentry", "never"))
+    goal = exit_ = None
+    if "goal" in document:
+        goal, _ = _trigger(document["goal"], "goal", condition)
+    if "exit" in document:
+        exit_, _ = _trigger(document["exit"], "exit", condition)
+    steps = _steps(document.get("steps"), condition, key)
+    return Journey(key, version, document, status, entry, entry_segment, reentry, after, steps,
+                   goal, exit_, hidden)  # fmt: skip
+
+
+def _unknown(allowed: set[str]) -> str:
+    return f"unknown field; expected one of {', '.join(sorted(allowed))}"
+
+
+def _fields(arg: Any, path: str, allowed: set[str]) -> dict[str, Any]:
+    if not isinstance(arg, dict):
+        raise DefinitionError(path, f"expects an object with {', '.join(sorted(allowed))}")
+    for name in arg:
+        if name not in allowed:
+            raise DefinitionError(f"{path}.{name}", _unknown(allowed))
+    return arg
+
+
+def _where(rule: Any, path: str) -> Evaluator:
+    if reads(rule) & {"$profile"}:
+        raise DefinitionError(path, "a condition on event properties cannot use profile "
+                              "operators (count, consent, score, in_segment…)")  # fmt: skip
+    try:
+        return compile_logic(rule, path)
+    except LogicError as exc:
+        raise DefinitionError(exc.path, exc.problem) from None
+
+
+def _event_name(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not EVENT_NAME.fullmatch(value):
+        raise DefinitionError(path, f"{value!r} is not an event name")
+    return value
+
+
+def _segment_key(value: Any, path: str) -> str:
+    if not isinstance(value, str) or not KEY.fullmatch(value):
+        raise DefinitionError(path, f"{value!r} is not a segment key")
+    return value
+
+
+def _trigger(raw: Any, path: str, condition: Any,
+             entry: bool = False) -> tuple[Trigger, str | None]:  # fmt: skip
+    allowed = _ENTRY_FIELDS if entry else _ENTRY_FIELDS - {"api"}
+    spec = _fields(raw, path, allowed)
+    kinds = [k for k in ("event", "segment", "segment_exited", "api") if k in spec]
+    if not entry and "condition" in spec and not kinds:
+        return Trigger(segment=condition(spec["condition"], f"{path}.condition")), None
+    if len(kinds) != 1:
+        what = "event, segment, segment_exited or api" if entry else (
+            "event, segment, segment_exited or condition")  # fmt: skip
+        raise DefinitionError(path, f"names exactly one of {what}")
+    if "where" in spec and "event" not in spec:
+        raise DefinitionError(f"{path}.where", "applies to an event only")
+    if not entry and "condition" in spec:
+        raise DefinitionError(f"{path}.condition", "is alone or not at all")
+    found = Trigger(
+        event=_event_name(spec["event"], f"{path}.event") if "event" in spec else None,
+        where=_where(spec["where"], f"{path}.where") if "where" in spec else None,
+        segment=_segment_key(spec["segment"], f"{path}.segment") if "segment" in spec else None,
+        segment_exited=(_segment_key(spec["segment_exited"], f"{path}.segment_exited")
+                        if "segment_exited" in spec else None),
+        api=spec.get("api") is True,
+    )  # fmt: skip
+    if "api" in spec and spec["api"] is not True:
+        raise DefinitionError(f"{path}.api", "is true or absent")
+    hidden = condition(spec["condition"], f"{path}.condition") if "condition" in spec else None
+    return found, hidden
+
+
+def _reentry(raw: Any) -> tuple[str, int | None]:
+    if raw in ("never", "always"):
+        return raw, None
+    if isinstance(raw, dict) and set(raw) == {"after"}:
+        return "after", parse_duration(raw["after"], "reentry.after")
+    raise DefinitionError("reentry", f"{raw!r} is not never, always or {{after: 7d}}")
+
+
+def _steps(raw: Any, condition: Any, journey: str) -> list[Step]:
+    if not isinstance(raw, list) or not 1 <= len(raw) <= MAX_STEPS:
+        raise DefinitionError("steps", f"expects a list of 1 to {MAX_STEPS} steps")
+    ids: dict[str, int] = {}
+    for i, step in enumerate(raw):
+        path = f"steps[{i}]"
+        if not isinstance(step, dict):
+            raise DefinitionError(path, "a step is an object: wait, wait_for, branch, split, "
+                                  "action, goto or exit")  # fmt: skip
+        step_id = step.get("id", f"{i + 1}")
+        if not isinstance(step_id, str) or not KEY.fullmatch(step_id) or step_id == EXIT:
+            raise DefinitionError(f"{path}.id", f"{step_id!r} is not a step id (a key, not exit)")
+        if step_id in ids:
+            raise DefinitionError(f"{path}.id", f"{step_id!r} is the id of steps[{ids[step_id]}]")
+        ids[step_id] = i
+
+    def target(value: Any, path: str) -> int | None:
+        if value == EXIT:
+            return None
+        if not isinstance(value, str) or value not in ids:
+            raise DefinitionError(path, f"{value!r} is not a step id of this journey or exit")
+        return ids[value]
+
+    steps = []
+    for i, step in enumerate(raw):
+        path = f"steps[{i}]"
+        kinds = [k for k in _STEP_KINDS if k in step]
+        if len(kinds) != 1:
+            raise DefinitionError(path, f"has exactly one of {', '.join(_STEP_KINDS)}")
+        kind = kinds[0]
+        allowed = {"id", kind, *_EXTRA.get(kind, ())}
+        _fields(step, path, allowed)
+        following = i + 1 if i + 1 < len(raw) else None
+        nxt = target(step["next"], f"{path}.next") if "next" in step else following
+        step_id = step.get("id", f"{i + 1}")
+        at = f"{path}.{kind}"
+        value = step[kind]
+        if kind == "wait":
+            steps.append(Step(i, step_id, kind, nxt, wait_ms=parse_duration(value, at)))
+        elif kind == "wait_for":
+            spec = _fields(value, at, {"event", "where", "timeout"})
+            if "event" not in spec or "timeout" not in spec:
+                raise DefinitionError(at, "names the event and a timeout")
+            trigger = Trigger(event=_event_name(spec["event"], f"{at}.event"),
+                              where=_where(spec["where"], f"{at}.where")
+                              if "where" in spec else None)  # fmt: skip
+            timeout = target(step["on_timeout"], f"{path}.on_timeout") if (
+                "on_timeout" in step) else nxt  # fmt: skip
+            steps.append(Step(i, step_id, kind, nxt, parse_duration(spec["timeout"],
+                              f"{at}.timeout"), trigger, timeout))  # fmt: skip
+        elif kind == "branch":
+            if not isinstance(value, list) or not value:
+                raise DefinitionError(at, "expects a list of {if: condition, goto: step}")
+            branches = []
+            for j, arm in enumerate(value):
+                arm_path = f"{at}[{j}]"
+                _fields(arm, arm_path, {"if", "goto"})
+                if "if" not in arm or "goto" not in arm:
+                    raise DefinitionError(arm_path, "has if and goto")
+                branches.append((condition(arm["if"], f"{arm_path}.if"),
+                                 target(arm["goto"], f"{arm_path}.goto")))  # fmt: skip
+            otherwise = target(step["else"], f"{path}.else") if "else" in step else nxt
+            steps.append(Step(i, step_id, kind, otherwise, branches=tuple(branches)))
+        elif kind == "split":
+            steps.append(_split(value, step, path, i, step_id, nxt, target))
+        elif kind == "action":
+            steps.append(Step(i, step_id, kind, nxt, action=_action(value, at)))
+        elif kind == "goto":
+            if isinstance(value, dict):
+                spec = _fields(value, at, {"journey"})
+                other = _segment_key(spec.get("journey"), f"{at}.journey")
+                if other == journey:
+                    raise DefinitionError(f"{at}.journey", "a journey cannot enter itself")
+                steps.append(Step(i, step_id, kind, None, journey=other))
+            else:
+                steps.append(Step(i, step_id, kind, target(value, at)))
+        else:  # exit
+            reason = value if isinstance(value, str) and value else "exited"
+            if not isinstance(value, str | bool) or len(reason) > 64:
+                raise DefinitionError(at, "is true or a short reason")
+            steps.append(Step(i, step_id, kind, None, reason=reason))
+    return steps
+
+
+_EXTRA: Final = {"wait": ("next",), "wait_for": ("next", "on_timeout"), "branch": ("else",),
+                 "split": ("holdout",), "action": ("next",), "goto": (), "exit": ()}  # fmt: skip
+
+
+def _split(value: Any, step: dict[str, Any], path: str, i: int, step_id: str,
+           nxt: int | None, target: Any) -> Step:  # fmt: skip
+    at = f"{path}.split"
+    if not isinstance(value, list) or not value:
+        raise DefinitionError(at, "expects a list of {weight: number, goto: step}")
+    total, arms = 0.0, []
+    for j, arm in enumerate(value):
+        arm_path = f"{at}[{j}]"
+        _fields(arm, arm_path, {"weight", "goto"})
+        weight = arm.get("weight")
+        if isinstance(weight, bool) or not isinstance(weight, int | float) or weight <= 0:
+            raise DefinitionError(f"{arm_path}.weight", f"{weight!r} is not a positive number")
+        total += weight
+        arms.append((total, target(arm["goto"], f"{arm_path}.goto") if "goto" in arm else nxt))
+    holdout = step.get("holdout", 0)
+    if isinstance(holdout, bool) or not isinstance(holdout, int | float) or not (
+            0 <= holdout < 100):  # fmt: skip
+        raise DefinitionError(f"{path}.holdout", f"{holdout!r} is not a percentage in [0, 100)")
+    return Step(i, step_id, "split", nxt, weights=tuple((w / total, t) for w, t in arms),
+                holdout=float(holdout))  # fmt: skip
+
+
+def _action(raw: Any, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict) or len([k for k in raw if k in ACTIONS]) != 1:
+        raise DefinitionError(path, f"names exactly one of {', '.join(ACTIONS)}")
+    kind = next(k for k in raw if k in ACTIONS)
+    extra = {"webhook": {"body"}, "emit": {"properties"}, "inworld": {"world", "expires"},
+             "award": {"points"}}.get(kind, set())  # fmt: skip
+    _fields(raw, path, {kind, *extra})
+    value = raw[kind]
+    at = f"{path}.{kind}"
+    if kind == "webhook":
+        _segment_key(value, at)  # a destination id
+        if "body" in raw and not isinstance(raw["body"], dict):
+            raise DefinitionError(f"{path}.body", "is an object, sent in the webhook's data")
+    elif kind == "set_traits":
+        if not isinstance(value, dict) or not value:
+            raise DefinitionError(at, "is an object of traits to set")
+    elif kind == "unset_traits":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise DefinitionError(at, "is a list of trait names")
+    elif kind == "emit":
+        _event_name(value, at)
+        if not isinstance(raw.get("properties", {}), dict):
+            raise DefinitionError(f"{path}.properties", "is an object")
+    elif kind == "inworld":
+        if not isinstance(value, dict) or not value:
+            raise DefinitionError(at, "is an object: the in-world action (placement, content…)")
+        if "expires" in raw:
+            parse_duration(raw["expires"], f"{path}.expires")
+    else:  # award
+        _segment_key(value, at)  # a score model key
+        points = raw.get("points")
+        if isinstance(points, bool) or not isinstance(points, int | float):
+            raise DefinitionError(f"{path}.points", f"{points!r} is not a number")
+    json.dumps(raw)  # JSON all the way down: it is sent and stored
+    return dict(raw)

@@ -1,0 +1,405 @@
+"""One workspace's live journeys, run per profile by the processor (docs/JOURNEYS.md).
+
+A run's state lives on the profile (``Profile.journeys``), so it is written in the same commit
+as everything else the event changed, by the single writer of the profile's partition. The
+hooks take what happened — an event, segment transitions, time passing — advance the runs it
+concerns as far as they go without waiting, and collect the effects in an :class:`Effects`:
+deliveries (webhooks, in-world actions) and events for the log, both committed with the
+state, and counters for the stats. Nothing here reads a clock or sends anything: a decision
+is a function of the log, so a crash between two commits repeats none, and replay makes the
+same ones (with the same ids).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+
+from worldflow.events.model import Event
+from worldflow.journeys.definition import HIDDEN, Journey, Step, Trigger
+from worldflow.log import LogRecord
+from worldflow.profiles import model
+from worldflow.profiles.model import Profile, Run
+from worldflow.segments.incremental import Transition
+
+JOURNEY_SOURCE: Final = "_journeys"  # the source of the events journeys emit
+MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
+_encode = msgspec.json.Encoder().encode
+
+Stat = tuple[str, str, int, str]  # (workspace, journey, version, metric)
+
+
+@dataclass(slots=True)
+class Effects:
+    """What runs decided in one micro-batch; committed with the profiles."""
+
+    deliveries: list[dict[str, Any]] = field(default_factory=list)  # rows of ``deliveries``
+    events: list[LogRecord] = field(default_factory=list)  # emitted, for the log
+    stats: dict[Stat, int] = field(default_factory=dict)
+    traits: dict[str, set[str]] = field(default_factory=dict)  # profile id → traits changed
+    awards: list[tuple[str, str, float, int]] = field(default_factory=list)  # id, score, points
+
+    def count(self, workspace_id: str, journey: Journey, metric: str, n: int = 1,
+              version: int | None = None) -> None:  # fmt: skip
+        key = (workspace_id, journey.key, journey.version if version is None else version,
+               metric)  # fmt: skip
+        self.stats[key] = self.stats.get(key, 0) + n
+
+
+class Journeys:
+    """The compiled journeys of one workspace, indexed by what starts and ends their runs."""
+
+    def __init__(self, workspace_id: str, journeys: Iterable[Journey]) -> None:
+        self.workspace_id = workspace_id
+        self.journeys = {j.key: j for j in journeys}
+        self.by_event: dict[str, list[Journey]] = {}
+        self.by_segment: dict[tuple[str, bool], list[Journey]] = {}
+        self.waiting_for: set[str] = set()
+        for journey in self.journeys.values():
+            for trigger in (journey.entry, journey.goal, journey.exit):
+                if trigger is None:
+                    continue
+                if trigger.event is not None:
+                    self.by_event.setdefault(trigger.event, []).append(journey)
+                for key, entered in ((trigger.segment, True), (trigger.segment_exited, False)):
+                    if key is not None:
+                        self.by_segment.setdefault((key, entered), []).append(journey)
+            for step in journey.steps:
+                if step.event is not None and step.event.event is not None:
+                    self.waiting_for.add(step.event.event)
+                    self.by_event.setdefault(step.event.event, []).append(journey)
+        self.empty = not self.journeys
+
+    def hidden_segments(self) -> list[Any]:
+        return [s for j in self.journeys.values() for s in j.hidden]
+
+    # -- hooks ---------------------------------------------------------------------------
+
+    def on_event(self, profile: Profile, name: str | None, properties: dict[str, Any],
+                 now: int, effects: Effects) -> None:  # fmt: skip
+        if name is None:
+            return
+        for journey in _unique(self.by_event.get(name, ())):
+            run = profile.journeys.get(journey.key)
+            running = run is not None and run.step >= 0
+            if running and run is not None:
+                if run.version != journey.version:
+                    self._migrate(journey, run, effects)
+                    if run.step < 0:
+                        continue
+                if _met(journey.goal, name, properties):
+                    self._end(profile, journey, run, "converted", now, effects)
+                    continue
+                if _met(journey.exit, name, properties):
+                    self._end(profile, journey, run, "exited", now, effects)
+                    continue
+                step = self._step(journey, run)
+                # An event at the very instant the run reached the step (the one that made
+                # it enter, say) is not what it waits for.
+                if (
+                    step is not None
+                    and step.kind == "wait_for"
+                    and step.event is not None
+                    and run.since < now
+                    and step.event.matches_event(name, properties)
+                ):
+                    effects.count(self.workspace_id, journey, f"event:{step.id}")
+                    self._move(profile, journey, run, step.next, now, effects)
+                    self._advance(profile, journey, run, now, effects)
+            elif journey.entry.matches_event(name, properties) or (
+                    name == "journey.entry_requested" and journey.entry.api
+                    and properties.get("journey") == journey.key):  # fmt: skip
+                self._enter(profile, journey, now, effects)
+
+    def on_transitions(self, profile: Profile, transitions: Iterable[Transition],
+                       effects: Effects) -> None:  # fmt: skip
+        """Segment memberships that changed (backfills excepted: a journey reacts to what
+        happens after it started)."""
+        for t in transitions:
+            if t.backfill:
+                continue
+            for journey in self.by_segment.get((t.key, t.entered), ()):
+                run = profile.journeys.get(journey.key)
+                if run is not None and run.version != journey.version:
+                    self._migrate(journey, run, effects)
+                if run is not None and run.step >= 0:
+                    if _crossed(journey.goal, t):
+                        self._end(profile, journey, run, "converted", t.at, effects)
+                    elif _crossed(journey.exit, t):
+                        self._end(profile, journey, run, "exited", t.at, effects)
+                elif _crossed(journey.entry, t):
+                    self._enter(profile, journey, t.at, effects)
+
+    def on_timer(self, profile: Profile, now: int, effects: Effects) -> None:
+        """Waits that ended by ``now``."""
+        for key, run in list(profile.journeys.items()):
+            journey = self.journeys.get(key)
+            if run.step < 0 or not run.wake or run.wake > now:
+                continue
+            if journey is None:  # no longer live: the run stops where it is
+                run.wake = 0
+                continue
+            if run.version != journey.version:
+                self._migrate(journey, run, effects)
+            step = self._step(journey, run)
+            at = run.wake
+            run.wake = 0
+            if step is not None and step.kind == "wait_for":
+                effects.count(self.workspace_id, journey, f"timeout:{step.id}")
+                self._move(profile, journey, run, step.on_timeout, at, effects)
+            elif step is not None:
+                self._move(profile, journey, run, step.next, at, effects)
+            self._advance(profile, journey, run, at, effects)
+        self.schedule(profile)
+
+    def on_merge(self, survivor: Profile, merged: Profile, now: int, effects: Effects) -> None:
+        """Two people found to be one: per journey, a run in progress beats an ended one (of
+        two in progress, the survivor's); the other ends as "merged"."""
+        for key, run in merged.journeys.items():
+            mine = survivor.journeys.get(key)
+            keep_theirs = mine is None or (mine.step < 0 <= run.step)
+            loser = mine if keep_theirs else run
+            if keep_theirs:
+                survivor.journeys[key] = run
+            journey = self.journeys.get(key)
+            if loser is not None and loser.step >= 0 and journey is not None:
+                self._end(survivor, journey, loser, "merged", now, effects)
+        merged.journeys = {}
+        self.schedule(survivor)
+
+    def schedule(self, profile: Profile) -> None:
+        profile.journey_due = min((r.wake for r in profile.journeys.values() if r.wake),
+                                  default=0)  # fmt: skip
+
+    # -- runs ----------------------------------------------------------------------------
+
+    def _step(self, journey: Journey, run: Run) -> Step | None:
+        """The run's step in the journey's current version (a new version keeps runs at the
+        step with the same id; one whose step is gone ends)."""
+        if run.version != journey.version:
+            return None
+        return journey.steps[run.step] if 0 <= run.step < len(journey.steps) else None
+
+    def _enter(self, profile: Profile, journey: Journey, now: int, effects: Effects) -> None:
+        if journey.status != "active":
+            return
+        if journey.entry_segment is not None and journey.entry_segment not in profile.segments:
+            return
+        run = profile.journeys.get(journey.key)
+        if run is not None:
+            if run.step >= 0 or journey.reentry == "never":
+                return
+            if journey.reentry == "after" and now - run.ended < (journey.reentry_after_ms or 0):
+                return
+        count = run.count + 1 if run is not None else 1
+        run = profile.journeys[journey.key] = Run(journey.version, 0, journey.steps[0].id, now,
+                                                  entered=now, count=count)  # fmt: skip
+        effects.count(self.workspace_id, journey, "entered")
+        effects.count(self.workspace_id, journey, f"at:{journey.steps[0].id}")
+        effects.count(self.workspace_id, journey, f"reached:{journey.steps[0].id}")
+        self._advance(profile, journey, run, now, effects)
+
+    def _move(self, profile: Profile, journey: Journey, run: Run, target: int | None,
+              now: int, effects: Effects) -> None:  # fmt: skip
+        effects.count(self.workspace_id, journey, f"at:{journey.steps[run.step].id}", -1)
+        if target is None:
+            run.step, run.step_id = len(journey.steps), ""  # past the end: completes
+            return
+        run.step, run.since, run.step_id = target, now, journey.steps[target].id
+        effects.count(self.workspace_id, journey, f"at:{journey.steps[target].id}")
+        effects.count(self.workspace_id, journey, f"reached:{journey.steps[target].id}")
+
+    def _end(self, profile: Profile, journey: Journey, run: Run, outcome: str, now: int,
+             effects: Effects) -> None:  # fmt: skip
+        if run.step >= 0 and run.step_id:  # at a step (not past the last one)
+            effects.count(self.workspace_id, journey, f"at:{run.step_id}", -1, run.version)
+        run.step, run.wake, run.ended, run.outcome = -1, 0, now, outcome
+        effects.count(self.workspace_id, journey, outcome)
+
+    def _advance(self, profile: Profile, journey: Journey, run: Run, now: int,
+                 effects: Effects) -> None:  # fmt: skip
+        """Execute steps from the run's current one until it waits or ends."""
+        if run.version != journey.version:
+            self._migrate(journey, run, effects)
+        for _ in range(MAX_STEPS_AT_ONCE):
+            if run.step < 0:
+                return
+            if run.step >= len(journey.steps):
+                self._end(profile, journey, run, "completed", now, effects)
+                return
+            if journey.status == "archived":
+                self._end(profile, journey, run, "archived", now, effects)
+                return
+            step = journey.steps[run.step]
+            if step.kind == "wait":
+                if run.wake:
+                    return  # already waiting
+                run.wake = run.since + (step.wait_ms or 0)
+                if run.wake > now:
+                    return
+                run.wake = 0
+                self._move(profile, journey, run, step.next, now, effects)
+            elif step.kind == "wait_for":
+                if not run.wake:
+                    run.wake = run.since + (step.wait_ms or 0)
+                return
+            elif step.kind == "branch":
+                target, arm = step.next, "else"
+                for hidden, goto in step.branches:
+                    if hidden in profile.segments:  # the condition's hidden segment
+                        target, arm = goto, _name(journey, goto)
+                        break
+                effects.count(self.workspace_id, journey, f"branch:{step.id}:{arm}")
+                self._move(profile, journey, run, target, now, effects)
+            elif step.kind == "split":
+                draw = _uniform(profile.id, journey.key, run.count, step.id) * 100
+                if draw < step.holdout:  # the control group: counted, and sent nothing
+                    effects.count(self.workspace_id, journey, f"split:{step.id}:holdout")
+                    self._end(profile, journey, run, "holdout", now, effects)
+                    return
+                share = (draw - step.holdout) / (100 - step.holdout)
+                pick = next((i for i, (upto, _) in enumerate(step.weights) if share < upto),
+                            len(step.weights) - 1)  # fmt: skip
+                effects.count(self.workspace_id, journey, f"split:{step.id}:{pick + 1}")
+                self._move(profile, journey, run, step.weights[pick][1], now, effects)
+            elif step.kind == "action":
+                self._act(profile, journey, run, step, now, effects)
+                self._move(profile, journey, run, step.next, now, effects)
+            elif step.kind == "goto":
+                if step.journey is not None:
+                    self._end(profile, journey, run, "moved", now, effects)
+                    other = self.journeys.get(step.journey)
+                    if other is not None:
+                        self._enter(profile, other, now, effects)
+                    return
+                self._move(profile, journey, run, step.next, now, effects)
+            else:  # exit
+                self._end(profile, journey, run, step.reason, now, effects)
+                return
+        self._end(profile, journey, run, "looped", now, effects)
+
+    def _migrate(self, journey: Journey, run: Run, effects: Effects) -> None:
+        """A run of an earlier version goes on in this one at the step with the same id (its
+        wait, if any, unchanged); one whose step is gone ends, as "step_removed"."""
+        if run.step < 0 or not run.step_id:  # ended, or past its last step
+            run.version, run.step = journey.version, run.step if run.step < 0 else len(
+                journey.steps)  # fmt: skip
+            return
+        effects.count(self.workspace_id, journey, f"at:{run.step_id}", -1, run.version)
+        for step in journey.steps:
+            if step.id == run.step_id:
+                run.version, run.step = journey.version, step.index
+                effects.count(self.workspace_id, journey, f"at:{run.step_id}")
+                return
+        run.version, run.step, run.wake = journey.version, -1, 0
+        run.ended, run.outcome = run.since, "step_removed"
+        effects.count(self.workspace_id, journey, "step_removed")
+
+    # -- actions -------------------------------------------------------------------------
+
+    def _act(self, profile: Profile, journey: Journey, run: Run, step: Step, now: int,
+             effects: Effects) -> None:  # fmt: skip
+        action = step.action or {}
+        run.actions += 1
+        ident = hashlib.blake2b(
+            f"{self.workspace_id}\0{journey.key}\0{profile.id}\0{run.count}\0{run.actions}"
+            .encode(), digest_size=12).hexdigest()  # fmt: skip
+        at = datetime.fromtimestamp(now / 1000, UTC).isoformat().replace("+00:00", "Z")
+        envelope: dict[str, Any] = {
+            "journey": journey.key, "version": journey.version, "step": step.id,
+            "run": run.count, "at": at,
+            "profile": {"id": profile.id, "user_id": _first(profile, "user_id"),
+                        "anonymous_id": _first(profile, "anonymous_id"),
+                        "traits": profile.traits},
+        }  # fmt: skip
+        if "webhook" in action:
+            effects.deliveries.append(self._delivery(
+                f"wh_{ident}", "webhook", action["webhook"], "journey.action",
+                {**envelope, "data": action.get("body", {})}, now))  # fmt: skip
+            effects.count(self.workspace_id, journey, "actions:webhook")
+        elif "inworld" in action:
+            expires = action.get("expires")
+            payload = {**envelope, "action": action["inworld"], "world": action.get("world"),
+                       "expires": expires}  # fmt: skip
+            effects.deliveries.append(self._delivery(
+                f"iw_{ident}", "inworld", action.get("world") or "*", "journey.inworld",
+                payload, now))  # fmt: skip
+            effects.count(self.workspace_id, journey, "actions:inworld")
+        elif "set_traits" in action or "unset_traits" in action:
+            if "set_traits" in action:
+                model.set_traits(profile, action["set_traits"], now)
+                changed = set(action["set_traits"])
+            else:
+                model.unset_traits(profile, action["unset_traits"], now)
+                changed = set(action["unset_traits"])
+            effects.traits.setdefault(profile.id, set()).update(changed)
+            effects.count(self.workspace_id, journey, "actions:traits")
+        elif "award" in action:  # the processor adds them, as the score model decays them
+            effects.awards.append((profile.id, action["award"], float(action["points"]), now))
+            effects.count(self.workspace_id, journey, "actions:award")
+        elif "emit" in action:
+            emitted = self._event(profile, f"je_{ident}", action["emit"],
+                                  action.get("properties", {}), journey, now)  # fmt: skip
+            effects.events.append(emitted)
+            effects.count(self.workspace_id, journey, "actions:emit")
+
+    def _delivery(self, ident: str, channel: str, destination: str, event_type: str,
+                  payload: dict[str, Any], now: int) -> dict[str, Any]:  # fmt: skip
+        return {"id": ident, "workspace_id": self.workspace_id, "channel": channel,
+                "destination_id": destination, "event_type": event_type,
+                "payload": json.dumps(payload, separators=(",", ":"), default=str),
+                "created_ms": now, "state": "pending", "attempts": 0,
+                "next_attempt_ms": now}  # fmt: skip
+
+    def _event(self, profile: Profile, ident: str, name: str, properties: dict[str, Any],
+               journey: Journey, now: int) -> LogRecord:  # fmt: skip
+        at = datetime.fromtimestamp(now / 1000, UTC)
+        event = Event(
+            message_id=ident, workspace_id=self.workspace_id, source_id=JOURNEY_SOURCE,
+            channel="journey", type="track", name=name, custom=True, tier=1, timestamp=at,
+            received_at=at, properties={**properties, "journey": journey.key},
+            user_id=_first(profile, "user_id"), anonymous_id=_first(profile, "anonymous_id"),
+            context={"profile_id": profile.id},
+        )  # fmt: skip
+        return LogRecord(self.workspace_id, ident, 0, now, _encode(event))
+
+
+def _unique(journeys: Iterable[Journey]) -> list[Journey]:
+    return list({j.key: j for j in journeys}.values())
+
+
+def _met(trigger: Trigger | None, name: str, properties: dict[str, Any]) -> bool:
+    return trigger is not None and trigger.matches_event(name, properties)
+
+
+def _crossed(trigger: Trigger | None, t: Transition) -> bool:
+    if trigger is None:
+        return False
+    return (trigger.segment == t.key and t.entered) or (
+        trigger.segment_exited == t.key and not t.entered
+    )
+
+
+def _first(profile: Profile, type_name: str) -> str | None:
+    values = profile.identities.get(type_name)
+    return values[0] if values else None
+
+
+def _name(journey: Journey, target: int | None) -> str:
+    return "exit" if target is None else journey.steps[target].id
+
+
+def _uniform(*parts: Any) -> float:
+    """A number in [0, 1) that depends only on ``parts``: the same draw in replay."""
+    digest = hashlib.blake2b("\0".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def is_hidden(key: str) -> bool:
+    return key.startswith(HIDDEN)

@@ -1,0 +1,226 @@
+"""Journeys in the processor: entries, waits, branches, splits, goals, re-entry, new versions,
+restarts and replay (docs/JOURNEYS.md)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from tests.processor.harness import Harness, track
+from worldflow.processing import replay
+from worldflow.store.schema import deliveries, journey_stats, profiles
+
+CTX = {"world": {"id": "paris"}, "session_id": "s1"}
+CART = {
+    "cart_id": "c1",
+    "obj": {"object_id": "shoe-1", "product": {"sku": "SKU-1"}},
+    "money": {"amount": "90.00", "currency": "EUR"},
+}
+ORDER = {"order_id": "o1", "total": {"amount": "90.00", "currency": "EUR"}}
+CARTERS = {
+    "kind": "segment",
+    "key": "carters",
+    "condition": {">=": [{"count": {"event": "cart.item_added", "within": "1d"}}, 1]},
+}
+NUDGE: dict[str, Any] = {
+    "kind": "journey",
+    "key": "cart-nudge",
+    "status": "active",
+    "entry": {"segment": "carters"},
+    "goal": {"event": "order.completed"},
+    "steps": [
+        {"id": "pause", "wait": "10m"},
+        {"id": "is-vip", "branch": [{"if": {"==": [{"var": "traits.plan"}, "vip"]},
+                                   "goto": "call"}]},
+        {"id": "offer", "action": {"webhook": "crm", "body": {"offer": "10%"}}},
+        {"id": "more", "wait_for": {"event": "cart.item_added", "timeout": "1h"},
+         "on_timeout": "tag"},
+        {"id": "thanks", "action": {"emit": "nudge.worked"}, "next": "exit"},
+        {"id": "tag", "action": {"set_traits": {"nudged": True}}, "next": "exit"},
+        {"id": "call", "action": {"inworld": {"placement": "lobby-npc", "line": "welcome back"}},
+         "next": "exit"},
+    ],
+}  # fmt: skip
+
+
+@pytest.fixture
+def h(store_url: str) -> Iterator[Harness]:
+    harness = Harness(store_url)
+    harness.apply(CARTERS)
+    harness.apply(NUDGE)
+    yield harness
+    harness.close()
+
+
+def cart(user: str) -> dict[str, Any]:
+    return track("cart.item_added", CART, userId=user, context=CTX)
+
+
+def rows(h: Harness) -> list[dict[str, Any]]:
+    with h.sql.engine.connect() as conn:
+        found = conn.execute(sa.select(deliveries).order_by(deliveries.c.created_ms,
+                                                            deliveries.c.id))  # fmt: skip
+        return [dict(r._mapping) for r in found]
+
+
+def stats(h: Harness) -> dict[str, int]:
+    c = journey_stats.c
+    with h.sql.engine.connect() as conn:
+        return {m: n for m, n in conn.execute(sa.select(c.metric, c.count)
+                                              .where(c.journey == "cart-nudge")) if n}  # fmt: skip
+
+
+def run(h: Harness, user: str) -> Any:
+    return h.by("user_id", user).journeys["cart-nudge"]
+
+
+def test_a_segment_entry_waits_then_sends_a_signed_webhook_decision(h: Harness) -> None:
+    h.send(cart("u1"))
+    h.process()
+    assert run(h, "u1").step_id == "pause"
+    assert rows(h) == []
+    h.tick(h.now + timedelta(minutes=9))
+    h.process()
+    assert rows(h) == []  # not yet
+    h.tick(h.now + timedelta(minutes=2))
+    h.process()
+    (row,) = rows(h)
+    assert (row["channel"], row["destination_id"], row["state"]) == ("webhook", "crm", "pending")
+    payload = json.loads(row["payload"])
+    assert payload["data"] == {"offer": "10%"}
+    assert payload["profile"]["user_id"] == "u1" and payload["step"] == "offer"
+    assert run(h, "u1").step_id == "more"
+    # It waits for another cart addition: it comes, so the emit step follows, then exit.
+    h.send(cart("u1"))
+    h.process()
+    person = h.by("user_id", "u1")
+    assert person.journeys["cart-nudge"].outcome == "completed"
+    s = stats(h)
+    assert s["entered"] == 1 and s["actions:webhook"] == 1 and s["actions:emit"] == 1
+    assert s["branch:is-vip:else"] == 1 and s["event:more"] == 1 and s["completed"] == 1
+    assert not any(n for m, n in s.items() if m.startswith("at:"))  # nobody inside any more
+
+
+def test_a_timeout_takes_the_other_way_and_traits_set_by_a_journey_stay(h: Harness) -> None:
+    h.send(cart("u1"))
+    h.tick(h.now + timedelta(minutes=10, seconds=1))
+    h.tick(h.now + timedelta(hours=1, minutes=1))
+    h.process()
+    person = h.by("user_id", "u1")
+    assert person.traits["nudged"] is True
+    assert person.journeys["cart-nudge"].outcome == "completed"
+    assert stats(h)["timeout:more"] == 1
+
+
+def test_the_goal_converts_and_a_branch_reads_the_profile(h: Harness) -> None:
+    h.send({"type": "identify", "userId": "vip1", "traits": {"plan": "vip"}}, cart("vip1"),
+           cart("u2"))  # fmt: skip
+    h.send(track("order.completed", ORDER, userId="u2", context=CTX))
+    h.tick(h.now + timedelta(minutes=11))
+    h.process()
+    assert run(h, "u2").outcome == "converted"
+    assert run(h, "vip1").outcome == "completed"
+    (row,) = rows(h)
+    assert (row["channel"], row["destination_id"]) == ("inworld", "*")
+    assert json.loads(row["payload"])["action"] == {"placement": "lobby-npc",
+                                                    "line": "welcome back"}  # fmt: skip
+    s = stats(h)
+    assert s["converted"] == 1 and s["branch:is-vip:call"] == 1
+
+
+def test_never_reentry_and_a_run_that_survives_a_restart(h: Harness) -> None:
+    h.send(cart("u1"))
+    h.process()
+    h.processor = h.new_processor()  # a restart: the wait's timer is read back from the store
+    h.tick(h.now + timedelta(minutes=11))
+    h.process()
+    assert run(h, "u1").step_id == "more"
+    h.tick(h.now + timedelta(days=2))  # leaves carters; the wait for more carts times out
+    h.process()
+    h.send(cart("u1"))  # enters carters again: the journey's re-entry is "never"
+    h.process()
+    assert run(h, "u1").count == 1
+    assert stats(h)["entered"] == 1
+
+
+def test_reentry_after_a_while_and_a_new_version_keeps_runs_at_their_step(h: Harness) -> None:
+    h.apply({**NUDGE, "reentry": {"after": "1d"}})
+    h.send(cart("u1"))
+    h.process()
+    # A new version while u1 waits in "pause": the run continues there, in version 3.
+    steps = [s for s in NUDGE["steps"] if s["id"] != "is-vip"]
+    version = h.apply({**NUDGE, "reentry": {"after": "1d"}, "steps": steps})
+    h.tick(h.now + timedelta(minutes=11))
+    h.process()
+    assert (run(h, "u1").version, run(h, "u1").step_id) == (version, "more")
+    h.tick(h.now + timedelta(hours=2))
+    h.process()
+    assert run(h, "u1").outcome == "completed"
+    h.tick(h.now + timedelta(days=1, hours=1))  # leaves carters
+    h.send(cart("u1"))
+    h.process()
+    assert run(h, "u1").count == 2
+
+
+def test_a_split_with_a_holdout_is_deterministic_and_near_its_weights(store_url: str) -> None:
+    h = Harness(store_url)
+    try:
+        h.apply(CARTERS)
+        h.apply({"kind": "journey", "key": "ab", "status": "active",
+                 "entry": {"segment": "carters"},
+                 "steps": [{"id": "pick", "split": [{"weight": 3, "goto": "a"},
+                                                    {"weight": 1, "goto": "b"}],
+                            "holdout": 20},
+                           {"id": "a", "action": {"webhook": "crm"}, "next": "exit"},
+                           {"id": "b", "action": {"webhook": "crm"}}]})  # fmt: skip
+        h.send(*(cart(f"u{i}") for i in range(400)))
+        h.process()
+        c = journey_stats.c
+        with h.sql.engine.connect() as conn:
+            query = sa.select(c.metric, c.count).where(c.journey == "ab")
+            counts = dict(conn.execute(query).all())
+        held, a, b = counts["split:pick:holdout"], counts["split:pick:1"], counts["split:pick:2"]
+        assert held + a + b == 400
+        assert 50 <= held <= 110 and 190 <= a <= 290 and 50 <= b <= 110
+        assert len(rows(h)) == a + b  # the control group gets nothing
+    finally:
+        h.close()
+
+
+def test_replay_rebuilds_runs_and_stats_and_writes_no_delivery_twice(h: Harness) -> None:
+    h.send({"type": "identify", "userId": "vip1", "traits": {"plan": "vip"}},
+           *(cart(f"u{i}") for i in range(5)), cart("vip1"))  # fmt: skip
+    h.tick(h.now + timedelta(minutes=11))
+    h.send(cart("u1"), track("order.completed", ORDER, userId="u2", context=CTX))
+    h.tick(h.now + timedelta(hours=2))
+    h.process()
+    with h.sql.engine.connect() as conn:
+        before = dict(conn.execute(sa.select(profiles.c.id, profiles.c.body)).all())
+    before_stats, before_rows = stats(h), rows(h)
+    assert len(before_rows) == 6  # five offers (u2 converts after its own), one in-world line
+    replay(str(h.sql.engine.url.render_as_string(hide_password=False)))
+    with h.sql.engine.connect() as conn:
+        after = dict(conn.execute(sa.select(profiles.c.id, profiles.c.body)).all())
+    assert after == before
+    assert stats(h) == before_stats
+    assert rows(h) == before_rows
+
+
+def test_two_devices_in_a_journey_merged_into_one_person_keep_one_run(h: Harness) -> None:
+    h.send(track("cart.item_added", CART, anonymousId="a1", context=CTX),
+           track("cart.item_added", CART, anonymousId="a2", context=CTX))  # fmt: skip
+    h.send({"type": "identify", "anonymousId": "a1", "userId": "u1"},
+           {"type": "identify", "anonymousId": "a2", "userId": "u1"})  # fmt: skip
+    h.tick(h.now + timedelta(hours=2))
+    h.process()
+    person = h.by("user_id", "u1")
+    assert person.journeys["cart-nudge"].outcome == "completed"
+    s = stats(h)
+    assert s["entered"] == 2 and s["merged"] == 1 and s["completed"] == 1
+    assert s["actions:webhook"] == 1  # the merged run never reached its action
+    assert not any(n for m, n in s.items() if m.startswith("at:"))
