@@ -331,6 +331,51 @@ def apply_command(
         typer.echo(f"{answer['kind']} {answer['key']}: {state}")
 
 
+journeys_app = typer.Typer(help="Journeys: simulate one on recorded history.",
+                           no_args_is_help=True)  # fmt: skip
+app.add_typer(journeys_app, name="journeys")
+
+
+@journeys_app.command("simulate")
+def journeys_simulate(
+    journey: Annotated[str, typer.Argument(help="A journey's key, or a YAML/JSON file of one")],
+    since: Annotated[str, typer.Option(help="How far back in the log: 90m, 1d, 7d…")] = "7d",
+    workspace: Annotated[str, typer.Option(help="The workspace")] = "default",
+    config: ConfigOpt = None,
+    data_dir: DataDirOpt = None,
+    store: StoreOpt = None,
+) -> None:
+    """What a journey (a draft, say) would have done over the recorded history: entries, steps,
+    branches, conversions and actions per channel. Nothing is sent, nothing is changed."""
+    import json as json_module
+
+    from worldflow.journeys.dryrun import simulate as simulate_journey
+    from worldflow.segments.definition import DefinitionError, iter_documents, parse_duration
+    from worldflow.store.definitions import SqlDefinitionStore
+    from worldflow.store.sql import SqlStore
+
+    settings = _settings(config, data_dir=data_dir, store=store)
+    try:
+        since_ms = parse_duration(since, "--since")
+        path = Path(journey)
+        if path.is_file():
+            (document,) = list(iter_documents(path.read_text(), str(path)))[:1]
+        else:
+            sql = SqlStore(settings.store_url)
+            found = SqlDefinitionStore(sql.engine).get(workspace, "journey", journey)
+            sql.close()
+            if found is None:
+                console.print(f"[red]error:[/red] no journey {journey!r} in {workspace!r}, "
+                              "nor a file of that name")  # fmt: skip
+                raise typer.Exit(1)
+            document = found["document"]
+        report = simulate_journey(settings.store_url, workspace, document, since_ms)
+    except (DefinitionError, ValueError) as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+    typer.echo(json_module.dumps(report, indent=2))
+
+
 @app.command()
 def version() -> None:
     """Print the version."""
