@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from bench import e2e, ingest, logic, process, profiles, segments, translate
+from bench import e2e, ingest, journeys, logic, process, profiles, segments, translate
 
 if __name__ == "__main__":
     argv = sys.argv
@@ -13,6 +13,6 @@ if __name__ == "__main__":
         bench.main()
     sys.argv = [argv[0], *argv[1:]]
     ingest.main()
-    for bench in (e2e, profiles, segments):
+    for bench in (e2e, profiles, segments, journeys):
         sys.argv = [argv[0]]
         bench.main()

@@ -185,7 +185,7 @@ def live(seconds: float, rate: float) -> None:
     ack_ms = [a * 1000 for a in acks]
     print(
         f"live: {n:,} entry events at {rate:,.0f}/s for {seconds:.0f} s; "
-        f"{len(receiver.arrived):,} webhooks received, {receiver.bad} with a bad signature"
+        f"{receiver.received:,} webhooks received, {receiver.rejected} with a bad signature"
     )
     print(f"event → webhook received (journey now): p50 {statistics.median(now_ms):.1f} ms, "
           f"p99 {pct(now_ms, 0.99):.1f} ms; baseline, the event's acknowledgement: p50 "

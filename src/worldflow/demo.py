@@ -72,12 +72,17 @@ class Receiver:
     def __init__(self, secret: str = DEMO_SECRET) -> None:
         self.secret = secret
         self.arrived: dict[str, tuple[float, Any]] = {}  # webhook id → (time, data)
-        self.rejected = 0
+        self.rejected = 0  # a body that does not verify
+        self.truncated = 0  # a request cut short (its sender stopped): sent again later
         hook, receiver = Webhook(secret), self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                length = int(self.headers.get("content-length", 0))
+                body = self.rfile.read(length)
+                if len(body) < length:  # the sender went away mid-request
+                    receiver.truncated += 1
+                    return
                 try:
                     hook.verify(body, dict(self.headers))
                 except WebhookVerificationError:

@@ -224,3 +224,36 @@ def test_two_devices_in_a_journey_merged_into_one_person_keep_one_run(h: Harness
     assert s["entered"] == 2 and s["merged"] == 1 and s["completed"] == 1
     assert s["actions:webhook"] == 1  # the merged run never reached its action
     assert not any(n for m, n in s.items() if m.startswith("at:"))
+
+
+def test_a_cap_skips_actions_and_quiet_hours_hold_a_webhook_until_they_end(
+    store_url: str,
+) -> None:
+    h = Harness(store_url)  # T0 is 09:00 UTC, 10:00 in Paris
+    try:
+        h.apply({"kind": "journey", "key": "ping", "status": "active", "reentry": "always",
+                 "entry": {"event": "ping.me"},
+                 "caps": {"webhook": {"per_day": 2}},
+                 "quiet_hours": {"start": "10:30", "end": "12:00"},  # the person's zone
+                 "steps": [{"id": "hook", "action": {"webhook": "crm"}}]})  # fmt: skip
+        h.send({"type": "identify", "userId": "u1", "traits": {"timezone": "Europe/Paris"}})
+        h.send(*(track("ping.me", userId="u1") for _ in range(3)))  # 10:00 in Paris
+        h.process()
+        assert len(rows(h)) == 2  # the third within the day is capped
+        h.tick(h.now + timedelta(minutes=40))  # 10:40 in Paris: quiet
+        h.send({"type": "identify", "userId": "u2", "traits": {"timezone": "Europe/Paris"}},
+               track("ping.me", userId="u2"))  # fmt: skip
+        h.process()
+        run = h.by("user_id", "u2").journeys["ping"]
+        assert run.step_id == "hook" and run.wake  # held at the action
+        h.tick(h.now + timedelta(hours=2))
+        h.process()
+        ends = [json.loads(r["payload"])["at"] for r in rows(h)]
+        assert len(ends) == 3 and ends[-1] == "2026-11-02T11:00:00Z"  # 12:00 in Paris: UTC
+        c = journey_stats.c
+        with h.sql.engine.connect() as conn:
+            query = sa.select(c.metric, c.count).where(c.journey == "ping")
+            counts = dict(conn.execute(query).all())
+        assert counts["capped:webhook"] == 1 and counts["quiet:hook"] == 1
+    finally:
+        h.close()

@@ -10,8 +10,10 @@ segment is entered.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from worldflow.segments.definition import (
     EVENT_NAME,
@@ -30,7 +32,10 @@ MAX_STEPS: Final = 200
 EXIT: Final = "exit"
 
 _JOURNEY_FIELDS: Final = {"kind", "key", "name", "description", "status", "entry", "reentry",
-                          "steps", "goal", "exit"}  # fmt: skip
+                          "steps", "goal", "exit", "caps", "quiet_hours"}  # fmt: skip
+CAPPED: Final = ("webhook", "inworld", "emit")  # the channels caps apply to
+QUIET: Final = ("webhook",)  # the channels quiet hours hold back (messages, not the world)
+_CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
 _STEP_KINDS: Final = ("wait", "wait_for", "branch", "split", "action", "goto", "exit")
 
@@ -85,6 +90,9 @@ class Journey:
     goal: Trigger | None
     exit: Trigger | None
     hidden: list[Segment]  # the hidden segments of its conditions
+    caps: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # day, week
+    # (start, end) in minutes of the day, and the time zone (None: the person's, else UTC)
+    quiet: tuple[int, int, ZoneInfo | None] | None = None
 
 
 def validate(raw: Any, key: str | None = None) -> dict[str, Any]:
@@ -131,8 +139,53 @@ def compile_journey(document: dict[str, Any], version: int) -> Journey:
     if "exit" in document:
         exit_, _ = _trigger(document["exit"], "exit", condition)
     steps = _steps(document.get("steps"), condition, key)
+    quiet = _quiet(document["quiet_hours"]) if "quiet_hours" in document else None
     return Journey(key, version, document, status, entry, entry_segment, reentry, after, steps,
-                   goal, exit_, hidden)  # fmt: skip
+                   goal, exit_, hidden, _caps(document.get("caps", {})), quiet)  # fmt: skip
+
+
+def _caps(raw: Any) -> dict[str, tuple[int | None, int | None]]:
+    """``{webhook: {per_day: 1, per_week: 3}}``: at most so many actions of a channel per
+    person in any 24 hours and any 7 days, from this journey."""
+    spec = _fields(raw, "caps", set(CAPPED))
+    caps = {}
+    for channel, limits in spec.items():
+        path = f"caps.{channel}"
+        _fields(limits, path, {"per_day", "per_week"})
+        found = []
+        for name in ("per_day", "per_week"):
+            value = limits.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 0):  # fmt: skip
+                raise DefinitionError(f"{path}.{name}", f"{value!r} is not a whole number >= 0")
+            found.append(value)
+        if found == [None, None]:
+            raise DefinitionError(path, "names per_day, per_week or both")
+        caps[channel] = (found[0], found[1])
+    return caps
+
+
+def _quiet(raw: Any) -> tuple[int, int, ZoneInfo | None]:
+    """``{start: "22:00", end: "08:00", timezone: Europe/Paris}``: webhooks decided in between
+    wait for the end (the person's ``timezone`` trait when no zone is given, else UTC)."""
+    spec = _fields(raw, "quiet_hours", {"start", "end", "timezone"})
+    minutes = []
+    for name in ("start", "end"):
+        value = spec.get(name)
+        match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise DefinitionError(f"quiet_hours.{name}", f"{value!r} is not a time such as 22:00")
+        minutes.append(int(match[1]) * 60 + int(match[2]))
+    if minutes[0] == minutes[1]:
+        raise DefinitionError("quiet_hours.end", "is the start: quiet hours would be empty")
+    zone = None
+    if "timezone" in spec:
+        try:
+            zone = ZoneInfo(str(spec["timezone"]))
+        except (ZoneInfoNotFoundError, ValueError):
+            raise DefinitionError("quiet_hours.timezone", f"{spec['timezone']!r} is not an IANA "
+                                  "time zone such as Europe/Paris") from None  # fmt: skip
+    return minutes[0], minutes[1], zone
 
 
 def _unknown(allowed: set[str]) -> str:

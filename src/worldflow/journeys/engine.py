@@ -16,13 +16,15 @@ import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from typing import Any, Final
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
 from worldflow.events.model import Event
-from worldflow.journeys.definition import HIDDEN, Journey, Step, Trigger
+from worldflow.journeys.definition import CAPPED, HIDDEN, QUIET, Journey, Step, Trigger
 from worldflow.log import LogRecord
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Run
@@ -30,6 +32,9 @@ from worldflow.segments.incremental import Transition
 
 JOURNEY_SOURCE: Final = "_journeys"  # the source of the events journeys emit
 MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
+MAX_SENDS: Final = 500  # actions remembered per person for the caps
+DAY_MS: Final = 86_400_000
+WEEK_MS: Final = 7 * DAY_MS
 _encode = msgspec.json.Encoder().encode
 
 Stat = tuple[str, str, int, str]  # (workspace, journey, version, metric)
@@ -153,8 +158,9 @@ class Journeys:
             if step is not None and step.kind == "wait_for":
                 effects.count(self.workspace_id, journey, f"timeout:{step.id}")
                 self._move(profile, journey, run, step.on_timeout, at, effects)
-            elif step is not None:
+            elif step is not None and step.kind == "wait":
                 self._move(profile, journey, run, step.next, at, effects)
+            # (an action held back by quiet hours is taken now, by _advance)
             self._advance(profile, journey, run, at, effects)
         self.schedule(profile)
 
@@ -269,6 +275,12 @@ class Journeys:
                 effects.count(self.workspace_id, journey, f"split:{step.id}:{pick + 1}")
                 self._move(profile, journey, run, step.weights[pick][1], now, effects)
             elif step.kind == "action":
+                until = _quiet_until(profile, journey, step, now)
+                if until:  # quiet hours: the run waits at the action until they end
+                    if not run.wake:
+                        run.wake = until
+                        effects.count(self.workspace_id, journey, f"quiet:{step.id}")
+                    return
                 self._act(profile, journey, run, step, now, effects)
                 self._move(profile, journey, run, step.next, now, effects)
             elif step.kind == "goto":
@@ -306,6 +318,14 @@ class Journeys:
     def _act(self, profile: Profile, journey: Journey, run: Run, step: Step, now: int,
              effects: Effects) -> None:  # fmt: skip
         action = step.action or {}
+        channel = next((c for c in CAPPED if c in action), None)
+        if channel is not None:
+            if _capped(profile, journey, channel, now):
+                effects.count(self.workspace_id, journey, f"capped:{channel}")
+                return  # not sent; the run goes on
+            profile.sends.append((now, channel, journey.key))
+            if len(profile.sends) > MAX_SENDS:
+                del profile.sends[0]
         run.actions += 1
         ident = hashlib.blake2b(
             f"{self.workspace_id}\0{journey.key}\0{profile.id}\0{run.count}\0{run.actions}"
@@ -368,6 +388,48 @@ class Journeys:
             context={"profile_id": profile.id},
         )  # fmt: skip
         return LogRecord(self.workspace_id, ident, 0, now, _encode(event))
+
+
+def _capped(profile: Profile, journey: Journey, channel: str, now: int) -> bool:
+    """Whether this journey already took its cap of ``channel`` actions for the person in
+    the last 24 hours or 7 days (older sends are forgotten here)."""
+    sends = profile.sends
+    while sends and sends[0][0] <= now - WEEK_MS:
+        del sends[0]
+    per_day, per_week = journey.caps.get(channel, (None, None))
+    if per_day is None and per_week is None:
+        return False
+    mine = [at for at, c, key in sends if c == channel and key == journey.key]
+    if per_week is not None and len(mine) >= per_week:
+        return True
+    return per_day is not None and sum(at > now - DAY_MS for at in mine) >= per_day
+
+
+def _quiet_until(profile: Profile, journey: Journey, step: Step, now: int) -> int:
+    """When the journey's quiet hours end, if ``now`` is in them and the action is held back
+    by them (0 otherwise)."""
+    if journey.quiet is None or not any(c in (step.action or {}) for c in QUIET):
+        return 0
+    start, end, zone = journey.quiet
+    if zone is None:
+        zone = _zone(profile.traits.get("timezone"))
+    local = datetime.fromtimestamp(now / 1000, zone)
+    minute = local.hour * 60 + local.minute
+    inside = start <= minute < end if start < end else (minute >= start or minute < end)
+    if not inside:
+        return 0
+    day = local.date() if minute < end else local.date() + timedelta(days=1)
+    ends = datetime.combine(day, dt_time(end // 60, end % 60), zone)
+    return int(ends.timestamp() * 1000)
+
+
+def _zone(name: Any) -> ZoneInfo:
+    if isinstance(name, str) and 0 < len(name) <= 64:
+        try:
+            return ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            pass
+    return ZoneInfo("UTC")
 
 
 def _unique(journeys: Iterable[Journey]) -> list[Journey]:

@@ -144,6 +144,7 @@ class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     due: int = 0  # when a window, a score or a clock next changes by itself (0: never)
     journeys: dict[str, Run] = {}  # journey key → the latest run
     journey_due: int = 0  # when a journey's wait next ends (0: never)
+    sends: list[tuple[int, str, str]] = []  # (when, channel, journey) of actions, last 7 days
 
     def next_timer(self) -> int | None:
         due = self.due or None

@@ -139,6 +139,8 @@ class SqlDefinitionStore:
                 elif head in ("branch", "split", "event", "timeout"):
                     step, _, arm = rest.partition(":")
                     found["branches"].setdefault(step, {})[arm or head] = count
+                elif head in ("capped", "quiet"):  # per channel; per step
+                    found.setdefault(head, {})[rest] = count
                 elif head == "entered":
                     found["entered"] = count
                 else:  # how runs ended: completed, converted, exited, holdout…
