@@ -314,6 +314,9 @@ class Processor:
             transitions += definitions.on_event(profile, None, {}, "", "", now, 0, now, traits)
         if transitions:
             self._record(transitions, partition, depth + 1)
+        if 0 < profile.journey_due <= now:  # runs that changed them go on, seeing the segments
+            journeys.on_timer(profile, now, effects)
+            self._after_journeys(profile, partition, now, depth + 1)
 
     def _definitions_for(self, workspace_id: str) -> Definitions:
         found = self._definitions.get(workspace_id)

@@ -84,9 +84,20 @@ def run_it(server: ServerProcess) -> None:
         assert ada["traits"]["keen"] is True
         assert ada["journeys"]["big-cart"]["outcome"] == "completed"
         assert not [k for k in ada["segments"] if k.startswith("~")]  # hidden ones stay inside
-        assert admin.get("/v1/journeys").json()["journeys"][0]["key"] == "big-cart"
+        assert [j["key"] for j in admin.get("/v1/journeys").json()["journeys"]] == ["big-cart"]
         refused = admin.post("/v1/journeys/big-cart/entries", json={"user_id": "cyd"})
         assert refused.status_code == 409
+        welcome = {"status": "active", "entry": {"api": True},
+                   "steps": [{"action": {"set_traits": {"welcomed": True}}}]}  # fmt: skip
+        assert admin.put("/v1/journeys/welcome", json=welcome).json()["version"] == 1
+        wait_for(lambda: admin.get("/v1/journeys/welcome").json()["status"]["state"]
+                 == "active")  # fmt: skip
+        assert admin.post("/v1/journeys/welcome/entries", json={}).status_code == 400
+        entered = admin.post("/v1/journeys/welcome/entries", json={"user_id": "cyd"})
+        assert entered.status_code == 202 and entered.json()["accepted"]
+        cyd = wait_for(lambda: (p := admin.get("/v1/profiles/by/user_id/cyd").json())
+                       .get("traits", {}).get("welcomed") and p)  # fmt: skip
+        assert cyd["journeys"]["welcome"]["outcome"] == "completed"
     # The server's dispatcher signs and sends them; the receiver verifies each signature with
     # the public standardwebhooks library.
     wait_for(lambda: crm.received == 2)

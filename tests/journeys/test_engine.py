@@ -257,3 +257,46 @@ def test_a_cap_skips_actions_and_quiet_hours_hold_a_webhook_until_they_end(
         assert counts["capped:webhook"] == 1 and counts["quiet:hook"] == 1
     finally:
         h.close()
+
+
+def test_points_a_jump_to_another_journey_an_exit_reason_and_an_api_entry(
+    store_url: str,
+) -> None:
+    h = Harness(store_url)
+    try:
+        h.apply({"kind": "score", "key": "loyalty", "rules": [{"event": "order.completed",
+                 "points": 10}]})  # fmt: skip
+        h.apply({"kind": "segment", "key": "loyal",
+                 "condition": {">=": [{"score": "loyalty"}, 25]}})  # fmt: skip
+        h.apply({"kind": "journey", "key": "second", "status": "active", "entry": {"api": True},
+                 "steps": [{"action": {"unset_traits": ["tier"]}},
+                           {"exit": "downgraded"}]})  # fmt: skip
+        gold = {"id": "loyal", "action": {"set_traits": {"tier": "gold"}}}
+        h.apply({"kind": "journey", "key": "first", "status": "active", "entry": {"api": True},
+                 "steps": [{"action": {"award": "loyalty", "points": 30}},
+                           {"id": "check", "branch": [{"if": {"in_segment": "loyal"},
+                                                       "goto": "loyal"}]},
+                           {"goto": {"journey": "second"}}, gold]})  # fmt: skip
+        # Entries by API call go through the log, as POST /v1/journeys/{key}/entries writes them
+        h.send({"type": "identify", "userId": "u1", "traits": {"tier": "silver"}},
+               track("journey.entry_requested", {"journey": "first"}, userId="u1"))  # fmt: skip
+        h.process()
+        person = h.by("user_id", "u1")
+        # 30 points put u1 in "loyal" at once (the segment re-evaluated), so the branch sees it
+        shown = {k for k in person.segments if not k.startswith("~")}
+        assert shown == {"loyal"} and person.traits["tier"] == "gold"
+        assert person.journeys["first"].outcome == "completed"
+        assert "second" not in person.journeys
+        h.send({"type": "identify", "userId": "u2", "traits": {"tier": "silver"}},
+               track("journey.entry_requested", {"journey": "first"}, userId="u2"),
+               track("journey.entry_requested", {"journey": "second"}, userId="u3"))  # fmt: skip
+        h.apply({"kind": "segment", "key": "loyal",
+                 "condition": {">=": [{"score": "loyalty"}, 99]}})  # fmt: skip
+        h.send(track("journey.entry_requested", {"journey": "first"}, userId="u4"))
+        h.process()
+        u4 = h.by("user_id", "u4")
+        assert u4.journeys["first"].outcome == "moved"  # not loyal at 30 of 99: jumps
+        assert u4.journeys["second"].outcome == "downgraded"
+        assert h.by("user_id", "u3").journeys["second"].outcome == "downgraded"
+    finally:
+        h.close()

@@ -31,6 +31,7 @@ from worldflow.profiles.model import Profile, Run
 from worldflow.segments.incremental import Transition
 
 JOURNEY_SOURCE: Final = "_journeys"  # the source of the events journeys emit
+API_ENTRY: Final = "journey.entry_requested"  # the event of an entry by API call
 MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
 MAX_SENDS: Final = 500  # actions remembered per person for the caps
 DAY_MS: Final = 86_400_000
@@ -67,6 +68,8 @@ class Journeys:
         self.by_segment: dict[tuple[str, bool], list[Journey]] = {}
         self.waiting_for: set[str] = set()
         for journey in self.journeys.values():
+            if journey.entry.api:  # POST /v1/journeys/{key}/entries writes this event
+                self.by_event.setdefault(API_ENTRY, []).append(journey)
             for trigger in (journey.entry, journey.goal, journey.exit):
                 if trigger is None:
                     continue
@@ -118,7 +121,7 @@ class Journeys:
                     self._move(profile, journey, run, step.next, now, effects)
                     self._advance(profile, journey, run, now, effects)
             elif journey.entry.matches_event(name, properties) or (
-                    name == "journey.entry_requested" and journey.entry.api
+                    name == API_ENTRY and journey.entry.api
                     and properties.get("journey") == journey.key):  # fmt: skip
                 self._enter(profile, journey, now, effects)
 
@@ -281,8 +284,11 @@ class Journeys:
                         run.wake = until
                         effects.count(self.workspace_id, journey, f"quiet:{step.id}")
                     return
-                self._act(profile, journey, run, step, now, effects)
+                changes = self._act(profile, journey, run, step, now, effects)
                 self._move(profile, journey, run, step.next, now, effects)
+                if changes:  # traits or points: the segments move first, then the run goes on
+                    run.wake = now
+                    return
             elif step.kind == "goto":
                 if step.journey is not None:
                     self._end(profile, journey, run, "moved", now, effects)
@@ -316,13 +322,14 @@ class Journeys:
     # -- actions -------------------------------------------------------------------------
 
     def _act(self, profile: Profile, journey: Journey, run: Run, step: Step, now: int,
-             effects: Effects) -> None:  # fmt: skip
+             effects: Effects) -> bool:  # fmt: skip
+        """Take the step's action; whether it changed the profile's traits or scores."""
         action = step.action or {}
         channel = next((c for c in CAPPED if c in action), None)
         if channel is not None:
             if _capped(profile, journey, channel, now):
                 effects.count(self.workspace_id, journey, f"capped:{channel}")
-                return  # not sent; the run goes on
+                return False  # not sent; the run goes on
             profile.sends.append((now, channel, journey.key))
             if len(profile.sends) > MAX_SENDS:
                 del profile.sends[0]
@@ -360,14 +367,17 @@ class Journeys:
                 changed = set(action["unset_traits"])
             effects.traits.setdefault(profile.id, set()).update(changed)
             effects.count(self.workspace_id, journey, "actions:traits")
+            return True
         elif "award" in action:  # the processor adds them, as the score model decays them
             effects.awards.append((profile.id, action["award"], float(action["points"]), now))
             effects.count(self.workspace_id, journey, "actions:award")
+            return True
         elif "emit" in action:
             emitted = self._event(profile, f"je_{ident}", action["emit"],
                                   action.get("properties", {}), journey, now)  # fmt: skip
             effects.events.append(emitted)
             effects.count(self.workspace_id, journey, "actions:emit")
+        return False
 
     def _delivery(self, ident: str, channel: str, destination: str, event_type: str,
                   payload: dict[str, Any], now: int) -> dict[str, Any]:  # fmt: skip
