@@ -300,3 +300,54 @@ def test_points_a_jump_to_another_journey_an_exit_reason_and_an_api_entry(
         assert h.by("user_id", "u3").journeys["second"].outcome == "downgraded"
     finally:
         h.close()
+
+
+def test_an_email_is_rendered_in_the_sandbox_for_those_who_agreed(store_url: str) -> None:
+    h = Harness(store_url)
+    try:
+        h.apply({"kind": "journey", "key": "mail", "status": "active", "reentry": "always",
+                 "entry": {"event": "mail.me"}, "caps": {"email": {"per_week": 1}},
+                 "steps": [{"id": "hello", "action": {"email": {
+                     "subject": "Hello {{ traits.name | default('there') }}",
+                     "text": "Your {{ traits.plan }} plan.{{ traits.missing }}",
+                     "html": "<p>{{ traits.name }}</p>"}}}]})  # fmt: skip
+        yes = {"scopes": {"marketing_contact": True}}
+        h.send(
+            {
+                "type": "identify",
+                "userId": "ada",
+                "traits": {"name": "<Ada>", "plan": "gold", "email": "ada@example.com"},
+            },
+            track("consent.updated", yes, userId="ada"),
+            track("mail.me", userId="ada"),
+            track("mail.me", userId="ada"),  # capped: one a week
+            {"type": "identify", "userId": "bob", "traits": {"email": "bob@example.com"}},
+            track("mail.me", userId="bob"),  # no consent
+            track("consent.updated", yes, userId="cyd"),
+            track("mail.me", userId="cyd"),
+        )
+        h.process()
+        (row,) = rows(h)
+        assert (row["channel"], row["destination_id"], row["event_type"]) == (
+            "email", "smtp", "journey.email")  # fmt: skip
+        mail = json.loads(row["payload"])
+        assert mail["to"] == "ada@example.com" and mail["subject"] == "Hello <Ada>"
+        assert mail["text"] == "Your gold plan." and mail["html"] == "<p>&lt;Ada&gt;</p>"
+        c = journey_stats.c
+        with h.sql.engine.connect() as conn:
+            counts = dict(conn.execute(sa.select(c.metric, c.count)
+                                       .where(c.journey == "mail")).all())  # fmt: skip
+        assert counts["capped:email"] == 1 and counts["no_consent:email"] == 1
+        assert counts["no_address:email"] == 1 and counts["actions:email"] == 1
+    finally:
+        h.close()
+
+
+def test_an_email_template_is_checked_when_applied() -> None:
+    from worldflow.journeys.definition import validate
+    from worldflow.segments.definition import DefinitionError
+
+    bad = {"key": "j", "entry": {"api": True},
+           "steps": [{"action": {"email": {"subject": "{{ oops", "text": "t"}}}]}  # fmt: skip
+    with pytest.raises(DefinitionError, match=r"steps\[0\]\.action\.email\.subject: not a"):
+        validate(bad)

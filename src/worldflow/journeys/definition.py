@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from worldflow.journeys import templates
 from worldflow.segments.definition import (
     EVENT_NAME,
     KEY,
@@ -26,15 +27,15 @@ from worldflow.segments.definition import (
 from worldflow.segments.logic import Evaluator, LogicError, compile_logic, reads, truthy
 
 STATUSES: Final = ("draft", "active", "paused", "archived")
-ACTIONS: Final = ("webhook", "set_traits", "unset_traits", "emit", "inworld", "award")
+ACTIONS: Final = ("webhook", "email", "set_traits", "unset_traits", "emit", "inworld", "award")
 HIDDEN: Final = "~"  # the prefix of the segments journeys compile their conditions into
 MAX_STEPS: Final = 200
 EXIT: Final = "exit"
 
 _JOURNEY_FIELDS: Final = {"kind", "key", "name", "description", "status", "entry", "reentry",
                           "steps", "goal", "exit", "caps", "quiet_hours"}  # fmt: skip
-CAPPED: Final = ("webhook", "inworld", "emit")  # the channels caps apply to
-QUIET: Final = ("webhook",)  # the channels quiet hours hold back (messages, not the world)
+CAPPED: Final = ("webhook", "email", "inworld", "emit")  # the channels caps apply to
+QUIET: Final = ("webhook", "email")  # the channels quiet hours hold back (messages, not the world)
 _CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
 _STEP_KINDS: Final = ("wait", "wait_for", "branch", "split", "action", "goto", "exit")
@@ -379,7 +380,18 @@ def _action(raw: Any, path: str) -> dict[str, Any]:
     _fields(raw, path, {kind, *extra})
     value = raw[kind]
     at = f"{path}.{kind}"
-    if kind == "webhook":
+    if kind == "email":
+        spec = _fields(value, at, {"subject", "text", "html"})
+        if "subject" not in spec or "text" not in spec:
+            raise DefinitionError(at, "has a subject and a text (and may have an html)")
+        for name, template in spec.items():
+            if not isinstance(template, str) or not template.strip():
+                raise DefinitionError(f"{at}.{name}", "is a template (a non-empty string)")
+            try:
+                templates.compiled(template, html=name == "html")
+            except templates.TemplateError as exc:
+                raise DefinitionError(f"{at}.{name}", f"not a template: {exc}") from None
+    elif kind == "webhook":
         _segment_key(value, at)  # a destination id
         if "body" in raw and not isinstance(raw["body"], dict):
             raise DefinitionError(f"{path}.body", "is an object, sent in the webhook's data")

@@ -24,6 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from worldflow.events.model import Event
+from worldflow.journeys import templates
 from worldflow.journeys.definition import CAPPED, HIDDEN, QUIET, Journey, Step, Trigger
 from worldflow.log import LogRecord
 from worldflow.profiles import model
@@ -325,6 +326,9 @@ class Journeys:
              effects: Effects) -> bool:  # fmt: skip
         """Take the step's action; whether it changed the profile's traits or scores."""
         action = step.action or {}
+        mail = self._mail(profile, journey, step, now, effects) if "email" in action else None
+        if "email" in action and mail is None:
+            return False  # no consent, no address or a template that fails: not sent
         channel = next((c for c in CAPPED if c in action), None)
         if channel is not None:
             if _capped(profile, journey, channel, now):
@@ -345,7 +349,13 @@ class Journeys:
                         "anonymous_id": _first(profile, "anonymous_id"),
                         "traits": profile.traits},
         }  # fmt: skip
-        if "webhook" in action:
+        if mail is not None:
+            effects.deliveries.append(self._delivery(
+                f"em_{ident}", "email", "smtp", "journey.email",
+                {**mail, **{k: envelope[k] for k in ("journey", "version", "step", "run")},
+                 "profile": {"id": profile.id}}, now))  # fmt: skip
+            effects.count(self.workspace_id, journey, "actions:email")
+        elif "webhook" in action:
             effects.deliveries.append(self._delivery(
                 f"wh_{ident}", "webhook", action["webhook"], "journey.action",
                 {**envelope, "data": action.get("body", {})}, now))  # fmt: skip
@@ -378,6 +388,29 @@ class Journeys:
             effects.events.append(emitted)
             effects.count(self.workspace_id, journey, "actions:emit")
         return False
+
+    def _mail(self, profile: Profile, journey: Journey, step: Step, now: int,
+              effects: Effects) -> dict[str, str] | None:  # fmt: skip
+        """The e-mail an action sends, rendered; None when it is not to be sent: the person
+        has not agreed to marketing contact, has no address, or a template fails."""
+        consent = profile.consent.get("marketing_contact")
+        if consent is None or not consent.granted:
+            effects.count(self.workspace_id, journey, "no_consent:email")
+            return None
+        to = profile.traits.get("email")
+        if not isinstance(to, str) or "@" not in to or len(to) > 320:
+            effects.count(self.workspace_id, journey, "no_address:email")
+            return None
+        context = {"traits": profile.traits, "profile": {"id": profile.id},
+                   "journey": journey.key, "step": step.id,
+                   "now": datetime.fromtimestamp(now / 1000, UTC).isoformat()}  # fmt: skip
+        try:
+            parts = {name: templates.render(source, context, html=name == "html")
+                     for name, source in (step.action or {})["email"].items()}  # fmt: skip
+        except Exception:  # a template's own error ({{ 1 / 0 }}) must not stop the processor
+            effects.count(self.workspace_id, journey, "template_error:email")
+            return None
+        return {"to": to, **parts}
 
     def _delivery(self, ident: str, channel: str, destination: str, event_type: str,
                   payload: dict[str, Any], now: int) -> dict[str, Any]:  # fmt: skip
