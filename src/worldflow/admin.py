@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
+from worldflow.actions.smtp import MASK, SmtpSettings
 from worldflow.collect.errors import ApiError
 from worldflow.identity.types import DEFAULT_TYPES
 from worldflow.services import Services
@@ -54,6 +55,19 @@ class WorkspaceSettings(BaseModel):
     identity_types: dict[str, IdentityTypeChange] = Field(
         default_factory=dict, description=f"overrides of {', '.join(DEFAULT_TYPES)}"
     )
+    smtp: SmtpSettings | None = Field(
+        default=None,
+        description="the mail server e-mail actions are sent with (the dispatcher reads it "
+        f"within seconds). GET shows the password as {MASK!r}; a PUT that omits it or sends "
+        f"{MASK!r} keeps the stored one, an empty string removes it",
+    )
+
+    def shown(self) -> dict[str, Any]:
+        """As the API answers: the SMTP password masked."""
+        out = self.model_dump(exclude_none=True, by_alias=True)
+        if self.smtp is not None:
+            out["smtp"] = self.smtp.shown()
+        return out
 
 
 class NewToken(BaseModel):
@@ -64,20 +78,43 @@ class NewToken(BaseModel):
 @router.get("/settings")
 async def get_settings(request: Request, token: Admin) -> dict[str, Any]:
     raw = await run_in_threadpool(_services(request).store.settings, token.workspace_id)
-    return WorkspaceSettings.model_validate(raw).model_dump(exclude_none=True)
+    return WorkspaceSettings.model_validate(raw).shown()
 
 
 @router.put("/settings")
 async def put_settings(request: Request, body: WorkspaceSettings, token: Admin) -> dict[str, Any]:
-    """Replace the workspace's settings."""
+    """Replace the workspace's settings (an SMTP password omitted or sent back masked is
+    kept)."""
     unknown = sorted(set(body.identity_types) - set(DEFAULT_TYPES))
     if unknown:
         message = (f"identity_types: unknown type(s) {', '.join(unknown)}; "
                    f"known: {', '.join(DEFAULT_TYPES)}")  # fmt: skip
         raise ApiError(422, "invalid_field", message)
-    settings = body.model_dump(exclude_none=True)
-    await run_in_threadpool(_services(request).store.set_settings, token.workspace_id, settings)
-    return settings
+    store = _services(request).store
+    if body.smtp is not None:
+        body.smtp = await _keep_password(body.smtp, store, token.workspace_id)
+        problem = body.smtp.problem()
+        if problem is not None:
+            raise ApiError(422, "invalid_field", f"smtp.{problem[0]}: {problem[1]}")
+    settings = body.model_dump(exclude_none=True, by_alias=True)
+    await run_in_threadpool(store.set_settings, token.workspace_id, settings)
+    return body.shown()
+
+
+async def _keep_password(smtp: SmtpSettings, store: Any, workspace_id: str) -> SmtpSettings:
+    """The stored password in place of an omitted or masked one; an empty one removes it."""
+    if smtp.password == "":
+        return smtp.model_copy(update={"password": None})
+    if smtp.password is not None and smtp.password != MASK:
+        return smtp
+    raw = await run_in_threadpool(store.settings, workspace_id)
+    stored = raw.get("smtp") if isinstance(raw.get("smtp"), dict) else None
+    password = stored.get("password") if stored else None
+    if smtp.password == MASK and not password:
+        raise ApiError(422, "invalid_field",
+                       f"smtp.password: {MASK!r} stands for the stored password, and none is "
+                       "stored")  # fmt: skip
+    return smtp.model_copy(update={"password": password})
 
 
 @router.get("/sources")

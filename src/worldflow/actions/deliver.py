@@ -1,5 +1,6 @@
-"""The delivery dispatcher: sends the ``deliveries`` rows journeys write as signed webhooks, in
-a process of its own, so that a slow destination never holds up the processor.
+"""The delivery dispatcher: sends the ``deliveries`` rows journeys write as signed webhooks
+(channel ``webhook``) and e-mails (channel ``email``), in a process of its own, so that a slow
+destination never holds up the processor.
 
 Semantics, for whoever writes a producer or a receiver:
 
@@ -33,6 +34,18 @@ Semantics, for whoever writes a producer or a receiver:
   unspecified, unless the host or the address is on the allow-list (``webhook_allow``,
   ``--allow``); the connection is made to the address that was checked (no DNS rebinding).
   A refusal is permanent and names the address.
+- **E-mail.** Rows of channel ``email`` go to destination ``smtp``: the workspace's ``smtp``
+  settings (``PUT /v1/settings``, read again every ``settings_s``, 5 s). The payload is
+  ``{"to", "subject", "text", "html"?, ...}``, already rendered; each attempt is one SMTP
+  connection (``smtplib`` on a worker thread; ``timeout_ms`` bounds each network operation)
+  sending one message with ``Message-ID: <{delivery id}@worldflow>`` and the ``Date`` of the
+  delivery's creation, so a message sent again after a crash is recognisable. The same
+  retries, window and dead letters as webhooks: 4xx replies, connection errors and timeouts
+  are retried; 5xx replies (550 mailbox unavailable…), a payload without a valid ``to``, a
+  server without STARTTLS when ``starttls`` is asked, and a workspace without SMTP settings
+  are dead at once, the reply or the reason in ``last_error``. A delivered e-mail's
+  ``last_status`` is 250. Concurrency per destination applies per workspace (key ``smtp``);
+  no circuit breaker and no address guard (an admin set the host).
 - **One dispatcher per store**: a file lock beside an SQLite store, an advisory lock on
   PostgreSQL, as the processors' partitions are held.
 """
@@ -59,9 +72,11 @@ from pathlib import Path
 from typing import IO, Any, Final, TypeVar
 
 import httpx
+import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
+from worldflow.actions import smtp
 from worldflow.actions.http import BlockedAddressError, guarded_client
 from worldflow.actions.webhooks import (
     CLOSED,
@@ -90,6 +105,7 @@ from worldflow.actions.webhooks import (
 from worldflow.children import spawn_child, stop_child
 from worldflow.metrics import Metrics
 from worldflow.store.deliveries import (
+    EMAIL,
     WEBHOOK,
     CircuitRow,
     Deferral,
@@ -243,6 +259,9 @@ class _Destination:
     disabled: bool = False
     refused: str | None = None  # why nothing can be sent to it (its URL or secret)
     bucket: TokenBucket | None = None
+    channel: str = WEBHOOK
+    server: smtp.Server | None = None  # e-mail: the workspace's SMTP settings
+    settings_read: float = float("-inf")  # e-mail: when they were read (time.monotonic())
     running: set[str] = field(default_factory=set)  # ids of requests under way
     unwritten: set[str] = field(default_factory=set)  # ids whose outcome is not yet recorded
 
@@ -273,6 +292,7 @@ class Dispatcher:
         metrics: Metrics | None = None,
         drain_s: float = 10.0,
         lock: StoreLock | None = None,
+        settings_s: float = 5.0,
     ) -> None:
         if concurrency < 1 or per_destination < 1:
             raise ValueError("concurrency and per_destination must be at least 1")
@@ -291,8 +311,13 @@ class Dispatcher:
         self.metrics = metrics
         self.drain_s = drain_s
         self.lock = lock
+        self.settings_s = settings_s
         self._db = ThreadPoolExecutor(1, thread_name_prefix="worldflow-deliver-db")
+        # smtplib blocks: e-mails are sent on threads of their own, not the loop's default
+        # executor (which resolves the webhooks' host names)
+        self._mailer: ThreadPoolExecutor | None = None
         self._destinations: dict[tuple[str, str], _Destination] = {}
+        self._mail: dict[tuple[str, str], _Destination] = {}  # e-mail, by (workspace, "smtp")
         self._running: set[asyncio.Task[None]] = set()
         self._hooks: set[asyncio.Future[None]] = set()
         self._results: list[Result] = []
@@ -341,6 +366,8 @@ class Dispatcher:
         finally:
             await self._drain()
             self._db.shutdown(wait=True)
+            if self._mailer is not None:  # a message cut short is sent again (same Message-ID)
+                self._mailer.shutdown(wait=False, cancel_futures=True)
 
     async def _pause(self, stop: asyncio.Event, seconds: float) -> None:
         """Until a request ends (its slot is free), ``stop`` is set, or ``seconds`` pass."""
@@ -388,6 +415,50 @@ class Dispatcher:
                 self._configure(destination, row)
         for key in set(self._destinations) - seen:
             del self._destinations[key]  # deleted: its pending deliveries were ended with it
+        await self._refresh_mail()
+
+    async def _refresh_mail(self) -> None:
+        """One e-mail destination per workspace with pending e-mails; its SMTP settings are
+        read again when older than ``settings_s``."""
+        pending = set(await self._call(self.store.pending_destinations, EMAIL))
+        for key in set(self._mail) - pending:
+            if not (self._mail[key].running or self._mail[key].unwritten):
+                del self._mail[key]
+        for key in pending - set(self._mail):
+            self._mail[key] = _Destination(*key, circuit=Circuit(), channel=EMAIL)
+        monotonic = time.monotonic()
+        stale = {ws for (ws, _), d in self._mail.items()
+                 if monotonic - d.settings_read >= self.settings_s}  # fmt: skip
+        if not stale:
+            return
+        settings = await self._call(self.store.workspace_settings, stale)
+        for (workspace_id, _), d in self._mail.items():
+            if workspace_id in stale:
+                self._configure_mail(d, settings.get(workspace_id), monotonic)
+
+    def _configure_mail(self, d: _Destination, settings: dict[str, Any] | None,
+                        monotonic: float) -> None:  # fmt: skip
+        d.settings_read = monotonic
+        d.server = None
+        if d.id != smtp.SMTP_DESTINATION:
+            d.refused = (f"e-mail deliveries go to destination {smtp.SMTP_DESTINATION!r} (the "
+                         f"workspace's SMTP settings), not {d.id!r}")  # fmt: skip
+            return
+        raw = (settings or {}).get("smtp")
+        if not raw:
+            d.refused = (f"no SMTP settings for workspace {d.workspace_id!r}; set smtp with "
+                         "PUT /v1/settings, then replay")  # fmt: skip
+            return
+        try:
+            config = smtp.SmtpSettings.model_validate(raw)
+        except pydantic.ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in ("smtp", *first["loc"]))
+            d.refused = f"the workspace's SMTP settings are invalid: {where}: {first['msg']}"
+            return
+        d.refused = None
+        d.server = smtp.Server.of(config)
+        d.timeout_s = d.server.timeout_s
 
     def _configure(self, d: _Destination, row: dict[str, Any]) -> None:
         d.url = row["url"]
@@ -416,13 +487,14 @@ class Dispatcher:
         """Start what is due, within the limits; whether more may be due right away."""
         free = self.concurrency - len(self._running)
         candidates = [d for d in self._destinations.values() if not d.disabled]
+        candidates += self._mail.values()
         if free <= 0 or not candidates:
             return False
         at = now_ms()
         monotonic = time.monotonic()
         start = self._turn % len(candidates)
         self._turn += 1
-        wants: list[Want] = []
+        wants: dict[str, list[Want]] = {WEBHOOK: [], EMAIL: []}
         for d in candidates[start:] + candidates[:start]:  # a different first one each turn
             budget = min(free, self.per_destination - len(d.running))
             admitted, change = d.circuit.admit(at)
@@ -433,17 +505,18 @@ class Dispatcher:
             if d.bucket is not None and budget > 0:
                 budget = min(budget, d.bucket.available(monotonic))
             if budget > 0:
-                wants.append(Want(d.workspace_id, d.id, budget,
-                                  frozenset(d.running | d.unwritten)))  # fmt: skip
+                wants[d.channel].append(Want(d.workspace_id, d.id, budget,
+                                             frozenset(d.running | d.unwritten)))  # fmt: skip
                 free -= budget
             if free <= 0:
                 break
-        if not wants:
+        if not any(wants.values()):
             return False
-        rows = await self._call(self.store.due, wants, at)
-        started: Counter[tuple[str, str]] = Counter()
-        for row in rows:
-            owner = self._destinations.get((row.workspace_id, row.destination_id))
+        due = await self._call(self._due, wants, at)
+        started: Counter[tuple[str, str, str]] = Counter()
+        for channel, row in due:
+            owners = self._mail if channel == EMAIL else self._destinations
+            owner = owners.get((row.workspace_id, row.destination_id))
             if owner is None or owner.disabled or row.id in owner.running | owner.unwritten:
                 continue  # deleted or disabled meanwhile; it is ended with its destination
             owner.running.add(row.id)
@@ -453,9 +526,14 @@ class Dispatcher:
             task = asyncio.create_task(self._attempt(owner, row), name=f"deliver {row.id}")
             self._running.add(task)
             task.add_done_callback(self._finished)
-            started[(row.workspace_id, row.destination_id)] += 1
-        full = any(started[(w.workspace_id, w.destination_id)] >= w.limit for w in wants)
+            started[(channel, row.workspace_id, row.destination_id)] += 1
+        full = any(started[(channel, w.workspace_id, w.destination_id)] >= w.limit
+                   for channel, some in wants.items() for w in some)  # fmt: skip
         return full and len(self._running) < self.concurrency
+
+    def _due(self, wants: dict[str, list[Want]], at: int) -> list[tuple[str, DueDelivery]]:
+        return [(channel, row) for channel, some in wants.items() if some
+                for row in self.store.due(some, at, channel)]  # fmt: skip
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
@@ -477,8 +555,10 @@ class Dispatcher:
         outcome = decide(attempt, row.attempts + 1, row.window_start_ms, at, self.policy,
                          self.rng)  # fmt: skip
         before = d.circuit_row()
-        change = d.circuit.record(None if attempt.refused is not None else outcome.failure, at,
-                                  self.breaker)  # fmt: skip
+        change = None
+        if d.channel == WEBHOOK:  # e-mail has no circuit: its backoff alone spaces retries
+            change = d.circuit.record(None if attempt.refused is not None else outcome.failure,
+                                      at, self.breaker)  # fmt: skip
         next_ms = outcome.next_attempt_ms
         if outcome.state == PENDING and d.circuit.state == OPEN and d.circuit.reopen_at_ms:
             next_ms = max(next_ms, d.circuit.reopen_at_ms)  # no retry before the reopening
@@ -492,11 +572,13 @@ class Dispatcher:
             self._dirty[(d.workspace_id, d.id)] = d
         if outcome.state == DEAD:
             log.warning("delivery %s to %s is dead: %s", row.id, d.id, outcome.last_error)
-        self._count(attempt, outcome.state, elapsed)
+        self._count(d.channel, attempt, outcome.state, elapsed)
 
     async def _send(self, d: _Destination, row: DueDelivery) -> Attempt:
         if d.refused is not None:
             return Attempt(refused=d.refused)
+        if d.channel == EMAIL:
+            return await self._send_email(d, row)
         body = envelope(row.event_type, row.created_ms, row.payload)
         headers = {**d.headers, "Content-Type": "application/json",
                    **signed_headers(d.key, row.id, int(time.time()), body)}  # fmt: skip
@@ -520,6 +602,26 @@ class Dispatcher:
             return Attempt(refused=f"url: {exc}")
         except (httpx.HTTPError, OSError) as exc:
             return Attempt(error=f"request failed: {exc or type(exc).__name__}")
+
+    async def _send_email(self, d: _Destination, row: DueDelivery) -> Attempt:
+        server = d.server
+        if server is None:
+            return Attempt(refused="no SMTP settings")
+        try:
+            message = smtp.message(row.id, row.created_ms, row.payload, server.sender)
+        except smtp.MessageError as exc:
+            return Attempt(refused=str(exc))
+        except ValueError as exc:  # a header the e-mail library refuses
+            return Attempt(refused=f"payload: {exc}")
+        if self._mailer is None:
+            self._mailer = ThreadPoolExecutor(self.concurrency,
+                                              thread_name_prefix="worldflow-smtp")  # fmt: skip
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._mailer, smtp.send, server, message)
+        except Exception as exc:
+            return smtp.outcome(exc)
+        return smtp.outcome(None)
 
     def _changed(self, d: _Destination, change: Change) -> None:
         old, new = change
@@ -566,20 +668,21 @@ class Dispatcher:
         for d, delivery_id in settled:
             d.unwritten.discard(delivery_id)
 
-    def _count(self, attempt: Attempt, state: str, elapsed: float) -> None:
+    def _count(self, channel: str, attempt: Attempt, state: str, elapsed: float) -> None:
         m = self.metrics
         if m is None:
             return
-        if attempt.refused is None:
-            m.delivery_latency.labels(WEBHOOK).observe(elapsed)
+        if attempt.refused is None or attempt.code is not None:
+            m.delivery_latency.labels(channel).observe(elapsed)
         if state == DELIVERED:
-            m.deliveries_delivered.labels(WEBHOOK).inc()
+            m.deliveries_delivered.labels(channel).inc()
         elif state == DEAD:
-            m.deliveries_dead.labels(WEBHOOK).inc()
+            m.deliveries_dead.labels(channel).inc()
         else:
             reason = ("timeout" if attempt.timeout else
+                      f"smtp_{attempt.code}" if attempt.code else
                       f"http_{attempt.status}" if attempt.status else "connection")  # fmt: skip
-            m.delivery_attempts_failed.labels(WEBHOOK, reason).inc()
+            m.delivery_attempts_failed.labels(channel, reason).inc()
 
 
 def quiet_http_logs() -> None:
@@ -618,10 +721,12 @@ async def deliver_forever(
     drain_s: float = 10.0,
     wait_s: float = 30.0,
     on_ready: Callable[[], None] | None = None,
+    settings_s: float = 5.0,
 ) -> None:
     """Deliver from the store at ``store_url`` until ``stop`` is set, holding its dispatcher
     lock (waiting up to ``wait_s`` for a previous dispatcher); ``on_ready`` once it is held.
-    ``allow``: hosts, addresses and CIDR ranges the address guard lets through."""
+    ``allow``: hosts, addresses and CIDR ranges the address guard lets through;
+    ``settings_s``: how long the workspaces' SMTP settings are cached."""
     allow_list = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
     engine = create_store_engine(store_url)
     try:
@@ -635,6 +740,7 @@ async def deliver_forever(
                     concurrency=concurrency, per_destination=per_destination, poll_s=poll_s,
                     refresh_s=refresh_s, sweep_s=sweep_s, policy=policy, breaker=breaker,
                     on_circuit=on_circuit, rng=rng, metrics=metrics, drain_s=drain_s, lock=lock,
+                    settings_s=settings_s,
                 )  # fmt: skip
                 await dispatcher.run(stop)
     finally:

@@ -124,7 +124,8 @@ class RetryPolicy:
 @dataclass(frozen=True, slots=True)
 class Attempt:
     """What one attempt came to: an answer (``status``), no answer (``error``), or not sent
-    and never to be (``refused``: the address guard, an unusable URL or secret)."""
+    and never to be (``refused``: the address guard, an unusable URL or secret, a permanent
+    SMTP reply). An e-mail the server accepted has ``status`` 250."""
 
     status: int | None = None
     error: str | None = None
@@ -133,6 +134,7 @@ class Attempt:
     body: str = ""  # the start of the answer's body
     location: str | None = None  # of a redirect
     timeout: bool = False  # no answer in time
+    code: int | None = None  # an SMTP reply code (e-mail deliveries), for the metrics
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,5 @@
-"""Deliveries and webhook destinations on SQLite and PostgreSQL.
+"""Deliveries, webhook destinations (and the workspace settings e-mail is sent with) on SQLite
+and PostgreSQL.
 
 Producers (the journeys, inside the processor's transaction) call :func:`insert_deliveries`;
 the dispatcher (``actions/deliver.py``) and the admin API (``actions/api.py``) use
@@ -17,10 +18,11 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 
-from worldflow.store.schema import deliveries, webhook_destinations
+from worldflow.store.schema import deliveries, webhook_destinations, workspaces
 from worldflow.store.sql import now_ms
 
 WEBHOOK: Final = "webhook"
+EMAIL: Final = "email"  # sent with the workspace's SMTP settings (destination "smtp")
 STATES: Final = ("pending", "delivered", "dead")
 _REQUIRED: Final = ("id", "workspace_id", "destination_id", "event_type", "payload", "created_ms")
 _OPTIONAL: Final = ("channel", "state", "attempts", "next_attempt_ms")
@@ -249,6 +251,33 @@ class SqlDeliveryStore:
             return [_destination(row, with_secret=True) for row in rows]
 
     # -- what the dispatcher does ---------------------------------------------------------
+
+    def pending_destinations(self, channel: str) -> list[tuple[str, str]]:
+        """The (workspace, destination) pairs with pending deliveries of ``channel`` (read
+        from the index alone)."""
+        c = deliveries.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(c.workspace_id, c.destination_id)
+                .where(c.channel == channel, c.state == "pending")
+                .distinct()
+            ).all()
+        return [(row.workspace_id, row.destination_id) for row in rows]
+
+    def workspace_settings(self, workspace_ids: Collection[str]) -> dict[str, dict[str, Any]]:
+        """The settings of these workspaces (those that exist), decoded."""
+        if not workspace_ids:
+            return {}
+        t = workspaces.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(t.id, t.settings).where(t.id.in_(list(workspace_ids)))
+            ).all()
+        out: dict[str, dict[str, Any]] = {}
+        for workspace_id, raw in rows:
+            value = json.loads(raw) if raw else {}
+            out[workspace_id] = value if isinstance(value, dict) else {}
+        return out
 
     def due(self, wants: Sequence[Want], at_ms: int, channel: str = WEBHOOK) -> list[DueDelivery]:
         """Due pending deliveries, up to each want's limit, oldest due first per destination.

@@ -271,7 +271,7 @@ deliveries = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("workspace_id", String(64), nullable=False),
-    Column("channel", String(16), nullable=False),  # webhook (e-mail, in-world: later)
+    Column("channel", String(16), nullable=False),  # webhook, email (in-world: later)
     Column("destination_id", String(64), nullable=False),
     Column("event_type", String(200), nullable=False),  # journey.action
     Column("payload", Text, nullable=False),  # JSON
@@ -279,7 +279,7 @@ deliveries = Table(
     Column("state", String(16), nullable=False),  # pending | delivered | dead
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("next_attempt_ms", BigInteger, nullable=False),
-    Column("last_status", Integer, nullable=True),  # HTTP status of the last attempt
+    Column("last_status", Integer, nullable=True),  # HTTP status of the last attempt; e-mail: 250
     Column("last_error", Text, nullable=True),
     Column("delivered_ms", BigInteger, nullable=True),
     Column("replayed_ms", BigInteger, nullable=True),  # a replay starts the retry window again
