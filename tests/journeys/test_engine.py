@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -350,4 +350,44 @@ def test_an_email_template_is_checked_when_applied() -> None:
     bad = {"key": "j", "entry": {"api": True},
            "steps": [{"action": {"email": {"subject": "{{ oops", "text": "t"}}}]}  # fmt: skip
     with pytest.raises(DefinitionError, match=r"steps\[0\]\.action\.email\.subject: not a"):
+        validate(bad)
+
+
+def ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def test_waits_until_a_date_or_the_next_opening_of_a_weekday_window(store_url: str) -> None:
+    h = Harness(store_url)  # T0: Monday 2026-11-02, 09:00 UTC (10:00 in Paris)
+    try:
+        h.apply({"kind": "journey", "key": "later", "status": "active", "reentry": "always",
+                 "entry": {"event": "go"},
+                 "steps": [{"wait_until": {"at": "2026-11-02T12:00:00+01:00"}},
+                           {"id": "window", "wait_until": {"days": ["sat", "sun"],
+                                                           "from": "10:00", "to": "12:00"}},
+                           {"id": "done", "action": {"set_traits": {"done": True}}}]})  # fmt: skip
+        h.send({"type": "identify", "userId": "u1", "traits": {"timezone": "Europe/Paris"}},
+               track("go", userId="u1"))  # fmt: skip
+        h.process()
+        run = h.by("user_id", "u1").journeys["later"]
+        assert run.wake == ms(datetime(2026, 11, 2, 11, 0, tzinfo=UTC))  # noon in Paris
+        h.tick(h.now + timedelta(hours=3))
+        h.process()
+        run = h.by("user_id", "u1").journeys["later"]
+        # Saturday 2026-11-07, 10:00 in Paris (09:00 UTC): the window's next opening
+        assert run.step_id == "window" and run.wake == ms(datetime(2026, 11, 7, 9, tzinfo=UTC))
+        h.tick(datetime(2026, 11, 7, 9, 30, tzinfo=UTC))
+        h.process()
+        assert h.by("user_id", "u1").traits["done"] is True
+    finally:
+        h.close()
+
+
+def test_a_wait_until_without_an_offset_is_refused() -> None:
+    from worldflow.journeys.definition import validate
+    from worldflow.segments.definition import DefinitionError
+
+    bad = {"key": "j", "entry": {"api": True},
+           "steps": [{"wait_until": {"at": "2026-12-24T18:00:00"}}]}  # fmt: skip
+    with pytest.raises(DefinitionError, match=r"steps\[0\]\.wait_until\.at: .* with its offset"):
         validate(bad)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -38,7 +39,9 @@ CAPPED: Final = ("webhook", "email", "inworld", "emit")  # the channels caps app
 QUIET: Final = ("webhook", "email")  # the channels quiet hours hold back (messages, not the world)
 _CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
-_STEP_KINDS: Final = ("wait", "wait_for", "branch", "split", "action", "goto", "exit")
+_STEP_KINDS: Final = ("wait", "wait_until", "wait_for", "branch", "split", "action", "goto",
+                      "exit")  # fmt: skip
+DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +63,19 @@ class Trigger:
 
 
 @dataclass(frozen=True, slots=True)
+class Until:
+    """A moment to wait for: a date and time (``at``, UTC ms), or the next opening of a window
+    on some days of the week (``days``: 0 = Monday), between two times of the day (minutes),
+    in ``zone`` (None: the person's time zone, else UTC)."""
+
+    at: int | None = None
+    days: tuple[int, ...] = ()
+    start: int = 0
+    end: int = 0
+    zone: ZoneInfo | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Step:
     index: int
     id: str
@@ -74,6 +90,7 @@ class Step:
     action: dict[str, Any] | None = None
     journey: str | None = None  # goto another journey
     reason: str = "completed"  # exit
+    until: Until | None = None  # wait_until
 
 
 @dataclass(slots=True)
@@ -145,6 +162,45 @@ def compile_journey(document: dict[str, Any], version: int) -> Journey:
                    goal, exit_, hidden, _caps(document.get("caps", {})), quiet)  # fmt: skip
 
 
+def _until(raw: Any, path: str) -> Until:
+    """``{at: "2026-12-24T18:00:00+01:00"}``, or ``{days: [mon, …], from: "09:00", to: "18:00",
+    timezone: …}``."""
+    spec = _fields(raw, path, {"at", "days", "from", "to", "timezone"})
+    if "at" in spec:
+        if len(spec) != 1:
+            raise DefinitionError(path, "at is alone, or days, from, to and timezone are used")
+        value = spec["at"]
+        try:
+            moment = datetime.fromisoformat(value) if isinstance(value, str) else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise DefinitionError(f"{path}.at", f"{value!r} is not a date and time with its "
+                                  "offset, such as 2026-12-24T18:00:00+01:00")  # fmt: skip
+        return Until(at=int(moment.timestamp() * 1000))
+    days = spec.get("days", list(DAYS))
+    if not isinstance(days, list) or not days or any(d not in DAYS for d in days):
+        raise DefinitionError(f"{path}.days", f"{days!r} is not a list of {', '.join(DAYS)}")
+    times = []
+    for name in ("from", "to"):
+        value = spec.get(name)
+        match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
+        if match is None:
+            raise DefinitionError(f"{path}.{name}", f"{value!r} is not a time such as 09:00")
+        times.append(int(match[1]) * 60 + int(match[2]))
+    zone = _zone(spec["timezone"], f"{path}.timezone") if "timezone" in spec else None
+    return Until(days=tuple(sorted({DAYS.index(d) for d in days})), start=times[0],
+                 end=times[1], zone=zone)  # fmt: skip
+
+
+def _zone(value: Any, path: str) -> ZoneInfo:
+    try:
+        return ZoneInfo(str(value))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise DefinitionError(path, f"{value!r} is not an IANA time zone such as "
+                              "Europe/Paris") from None  # fmt: skip
+
+
 def _caps(raw: Any) -> dict[str, tuple[int | None, int | None]]:
     """``{webhook: {per_day: 1, per_week: 3}}``: at most so many actions of a channel per
     person in any 24 hours and any 7 days, from this journey."""
@@ -179,13 +235,7 @@ def _quiet(raw: Any) -> tuple[int, int, ZoneInfo | None]:
         minutes.append(int(match[1]) * 60 + int(match[2]))
     if minutes[0] == minutes[1]:
         raise DefinitionError("quiet_hours.end", "is the start: quiet hours would be empty")
-    zone = None
-    if "timezone" in spec:
-        try:
-            zone = ZoneInfo(str(spec["timezone"]))
-        except (ZoneInfoNotFoundError, ValueError):
-            raise DefinitionError("quiet_hours.timezone", f"{spec['timezone']!r} is not an IANA "
-                                  "time zone such as Europe/Paris") from None  # fmt: skip
+    zone = _zone(spec["timezone"], "quiet_hours.timezone") if "timezone" in spec else None
     return minutes[0], minutes[1], zone
 
 
@@ -300,6 +350,8 @@ def _steps(raw: Any, condition: Any, journey: str) -> list[Step]:
         value = step[kind]
         if kind == "wait":
             steps.append(Step(i, step_id, kind, nxt, wait_ms=parse_duration(value, at)))
+        elif kind == "wait_until":
+            steps.append(Step(i, step_id, kind, nxt, until=_until(value, at)))
         elif kind == "wait_for":
             spec = _fields(value, at, {"event", "where", "timeout"})
             if "event" not in spec or "timeout" not in spec:
@@ -345,7 +397,8 @@ def _steps(raw: Any, condition: Any, journey: str) -> list[Step]:
     return steps
 
 
-_EXTRA: Final = {"wait": ("next",), "wait_for": ("next", "on_timeout"), "branch": ("else",),
+_EXTRA: Final = {"wait": ("next",), "wait_until": ("next",), "wait_for": ("next", "on_timeout"),
+                 "branch": ("else",),
                  "split": ("holdout",), "action": ("next",), "goto": (), "exit": ()}  # fmt: skip
 
 

@@ -25,7 +25,7 @@ import msgspec
 
 from worldflow.events.model import Event
 from worldflow.journeys import templates
-from worldflow.journeys.definition import CAPPED, HIDDEN, QUIET, Journey, Step, Trigger
+from worldflow.journeys.definition import CAPPED, HIDDEN, QUIET, Journey, Step, Trigger, Until
 from worldflow.log import LogRecord
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Run
@@ -162,7 +162,7 @@ class Journeys:
             if step is not None and step.kind == "wait_for":
                 effects.count(self.workspace_id, journey, f"timeout:{step.id}")
                 self._move(profile, journey, run, step.on_timeout, at, effects)
-            elif step is not None and step.kind == "wait":
+            elif step is not None and step.kind in ("wait", "wait_until"):
                 self._move(profile, journey, run, step.next, at, effects)
             # (an action held back by quiet hours is taken now, by _advance)
             self._advance(profile, journey, run, at, effects)
@@ -254,6 +254,14 @@ class Journeys:
                 if run.wake > now:
                     return
                 run.wake = 0
+                self._move(profile, journey, run, step.next, now, effects)
+            elif step.kind == "wait_until":
+                if run.wake:
+                    return  # already waiting
+                until = _opening(profile, step.until, now) if step.until is not None else now
+                if until > now:
+                    run.wake = until
+                    return
                 self._move(profile, journey, run, step.next, now, effects)
             elif step.kind == "wait_for":
                 if not run.wake:
@@ -464,6 +472,29 @@ def _quiet_until(profile: Profile, journey: Journey, step: Step, now: int) -> in
     day = local.date() if minute < end else local.date() + timedelta(days=1)
     ends = datetime.combine(day, dt_time(end // 60, end % 60), zone)
     return int(ends.timestamp() * 1000)
+
+
+def _opening(profile: Profile, until: Until, now: int) -> int:
+    """The moment a wait_until ends: its date, or ``now`` inside its window, or the window's
+    next opening (in its time zone, else the person's, else UTC)."""
+    if until.at is not None:
+        return until.at
+    zone = until.zone or _zone(profile.traits.get("timezone"))
+    today = datetime.fromtimestamp(now / 1000, zone).date()
+    opens = dt_time(until.start // 60, until.start % 60)
+    closes = dt_time(until.end // 60, until.end % 60)
+    for offset in range(-1, 8):  # from yesterday: a window may run past midnight
+        day = today + timedelta(days=offset)
+        if day.weekday() not in until.days:
+            continue
+        start = int(datetime.combine(day, opens, zone).timestamp() * 1000)
+        last = day if until.end > until.start else day + timedelta(days=1)
+        end = int(datetime.combine(last, closes, zone).timestamp() * 1000)
+        if start <= now < end:
+            return now
+        if now < start:
+            return start
+    return now
 
 
 def _zone(name: Any) -> ZoneInfo:
