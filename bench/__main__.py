@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import sys
 
-from bench import e2e, ingest, journeys, logic, process, profiles, segments, translate
+from bench import (
+    e2e,
+    ingest,
+    journeys,
+    logic,
+    nodered,
+    process,
+    profiles,
+    segments,
+    translate,
+)
 
 if __name__ == "__main__":
     argv = sys.argv
@@ -13,6 +23,6 @@ if __name__ == "__main__":
         bench.main()
     sys.argv = [argv[0], *argv[1:]]
     ingest.main()
-    for bench in (e2e, profiles, segments, journeys):
+    for bench in (e2e, profiles, segments, journeys, nodered):
         sys.argv = [argv[0]]
         bench.main()
