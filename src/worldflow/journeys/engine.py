@@ -67,7 +67,6 @@ class Journeys:
         self.journeys = {j.key: j for j in journeys}
         self.by_event: dict[str, list[Journey]] = {}
         self.by_segment: dict[tuple[str, bool], list[Journey]] = {}
-        self.waiting_for: set[str] = set()
         for journey in self.journeys.values():
             if journey.entry.api:  # POST /v1/journeys/{key}/entries writes this event
                 self.by_event.setdefault(API_ENTRY, []).append(journey)
@@ -81,12 +80,8 @@ class Journeys:
                         self.by_segment.setdefault((key, entered), []).append(journey)
             for step in journey.steps:
                 if step.event is not None and step.event.event is not None:
-                    self.waiting_for.add(step.event.event)
                     self.by_event.setdefault(step.event.event, []).append(journey)
         self.empty = not self.journeys
-
-    def hidden_segments(self) -> list[Any]:
-        return [s for j in self.journeys.values() for s in j.hidden]
 
     # -- hooks ---------------------------------------------------------------------------
 
