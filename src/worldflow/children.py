@@ -1,4 +1,5 @@
-"""Child processes of the server (the log writer, the processor): spawned, awaited, stopped.
+"""Child processes of the server (the log writer, the processor, the dispatcher): spawned,
+awaited, stopped.
 
 A child's target is called as ``target(*args, ready, parent_pid)`` and must send one string on
 ``ready`` once it is up: empty when all is well, otherwise why it could not start.
@@ -6,9 +7,11 @@ A child's target is called as ``target(*args, ready, parent_pid)`` and must send
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -46,3 +49,20 @@ def stop_child(process: Any, timeout: float = 60) -> None:
     if process.is_alive():
         process.kill()
         process.join()
+
+
+def child_stop(parent_pid: int) -> threading.Event:
+    """In a child, at its start: an event set by SIGTERM or once the server is gone (SIGINT is
+    the server's to handle: it decides when its children stop); logging to stderr."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def watch_parent() -> None:
+        while not stop.wait(1):
+            if os.getppid() != parent_pid:
+                stop.set()
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    return stop

@@ -44,7 +44,7 @@ from worldflow.privacy import gate
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Session
 from worldflow.segments import backfill
-from worldflow.segments.definition import DefinitionError, compile_definition
+from worldflow.segments.definition import Definition, DefinitionError, compile_definition
 from worldflow.segments.incremental import SYSTEM_SOURCE, Definitions, Transition, membership_record
 
 log = logging.getLogger(__name__)
@@ -321,16 +321,19 @@ class Processor:
     def _definitions_for(self, workspace_id: str) -> Definitions:
         found = self._definitions.get(workspace_id)
         if found is None:
-            compiled, journeys = [], []
+            compiled: list[Definition] = []
+            journeys: list[Journey] = []
             for version, document in self.store.active_definitions(workspace_id):
                 try:
-                    if document.get("kind") == "journey":
-                        journeys.append(compile_journey(document, version))
-                    else:
-                        compiled.append(compile_definition(document, version))
+                    one = _compile(document, version)
                 except DefinitionError:
                     log.exception("definition %s of %s no longer compiles; left out",
                                   document.get("key"), workspace_id)  # fmt: skip
+                    continue
+                if isinstance(one, Journey):
+                    journeys.append(one)
+                else:
+                    compiled.append(one)
             self._journeys[workspace_id] = _live(workspace_id, journeys)
             hidden = [s for j in journeys for s in j.hidden]
             found = self._definitions[workspace_id] = Definitions(workspace_id,
@@ -390,8 +393,7 @@ class Processor:
             return
         old_journeys = self._journeys_for(ws)
         try:
-            compiled = [compile_journey(d, v) if d.get("kind") == "journey" else
-                        compile_definition(d, v) for v, d in chosen.values()]  # fmt: skip
+            compiled = [_compile(d, v) for v, d in chosen.values()]
             journeys = [*(j for j in old_journeys.journeys.values()
                           if ("journey", j.key) not in chosen),
                         *(c for c in compiled if isinstance(c, Journey))]  # fmt: skip
@@ -862,6 +864,12 @@ def _definition_runs(decoded: Sequence[tuple[LogEntry, Any, Any]]) -> dict[int, 
         else:
             run = None
     return runs
+
+
+def _compile(document: dict[str, Any], version: int) -> Definition | Journey:
+    if document.get("kind") == "journey":
+        return compile_journey(document, version)
+    return compile_definition(document, version)
 
 
 def _live(workspace_id: str, journeys: list[Journey]) -> Journeys:

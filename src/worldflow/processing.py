@@ -14,8 +14,6 @@ import fcntl
 import functools
 import gc
 import logging
-import os
-import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from worldflow.children import spawn_child, stop_child
+from worldflow.children import child_stop, spawn_child, stop_child
 from worldflow.engine import TICK_WORKSPACE, Processor, tick_record_body
 from worldflow.log import LogError, LogRecord
 from worldflow.log.sql import SqlEventLog, read_entries
@@ -196,17 +194,7 @@ async def _flush_outbox(store: SqlProfileStore, events: SqlEventLog) -> None:
 
 def _process_main(store_url: str, partitions: Sequence[int], writer_address: str | None,
                   options: dict[str, Any], ready: Any, parent_pid: int) -> None:  # fmt: skip
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
-
-    def watch_parent() -> None:
-        while not stop.wait(1):
-            if os.getppid() != parent_pid:
-                stop.set()
-
-    threading.Thread(target=watch_parent, daemon=True).start()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = child_stop(parent_pid)
     ready.send("")
     ready.close()
     try:

@@ -58,9 +58,7 @@ import fcntl
 import functools
 import inspect
 import logging
-import os
 import random
-import signal
 import threading
 import time
 from collections import Counter
@@ -102,7 +100,7 @@ from worldflow.actions.webhooks import (
     secret_key,
     signed_headers,
 )
-from worldflow.children import spawn_child, stop_child
+from worldflow.children import child_stop, spawn_child, stop_child
 from worldflow.metrics import Metrics
 from worldflow.store.deliveries import (
     EMAIL,
@@ -772,17 +770,7 @@ def run(store_url: str, stop: threading.Event | None = None, **options: Any) -> 
 
 
 def _deliver_main(store_url: str, options: dict[str, Any], ready: Any, parent_pid: int) -> None:
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server decides when we stop
-
-    def watch_parent() -> None:
-        while not stop.wait(1):
-            if os.getppid() != parent_pid:
-                stop.set()
-
-    threading.Thread(target=watch_parent, daemon=True).start()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    stop = child_stop(parent_pid)
     quiet_http_logs()
     told = False
 

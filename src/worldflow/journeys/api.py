@@ -6,7 +6,6 @@ log, like a segment's: the processor switches to it at that place (docs/JOURNEYS
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -21,10 +20,9 @@ from worldflow.events.model import Event
 from worldflow.journeys.definition import compile_journey, validate
 from worldflow.journeys.engine import JOURNEY_SOURCE
 from worldflow.profiles.api import _iso
-from worldflow.segments.api import _document, _invalid, _summary
+from worldflow.segments.api import _document, _invalid, _summary, store_and_activate
 from worldflow.segments.definition import KEY, DefinitionError, compile_definition
 from worldflow.segments.incremental import Definitions
-from worldflow.store.definitions import definition_record
 
 router = APIRouter(prefix="/v1", tags=["journeys"])
 KeyPath = Annotated[str, Path(pattern=KEY.pattern, description="the journey's key")]
@@ -45,12 +43,7 @@ async def put_journey(request: Request, token: Admin, key: KeyPath) -> dict[str,
         Definitions(workspace_id, [*others, *journey.hidden])
     except DefinitionError as exc:
         raise _invalid(exc) from None
-    version, changed = await run_in_threadpool(svc.definitions.put, workspace_id, document)
-    if changed:
-        now = time.time_ns() // 1_000_000
-        await svc.log.append([definition_record(workspace_id, "journey", key, version, p, now)
-                              for p in range(svc.ingestor.partitions)])  # fmt: skip
-    return {"kind": "journey", "key": key, "version": version, "changed": changed}
+    return await store_and_activate(svc, workspace_id, document)
 
 
 @router.get("/journeys")

@@ -22,6 +22,8 @@ from worldflow.segments.definition import (
     KEY,
     DefinitionError,
     Segment,
+    _fields,
+    _unknown,
     compile_condition,
     parse_duration,
 )
@@ -181,16 +183,18 @@ def _until(raw: Any, path: str) -> Until:
     days = spec.get("days", list(DAYS))
     if not isinstance(days, list) or not days or any(d not in DAYS for d in days):
         raise DefinitionError(f"{path}.days", f"{days!r} is not a list of {', '.join(DAYS)}")
-    times = []
-    for name in ("from", "to"):
-        value = spec.get(name)
-        match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise DefinitionError(f"{path}.{name}", f"{value!r} is not a time such as 09:00")
-        times.append(int(match[1]) * 60 + int(match[2]))
+    times = [_minutes(spec.get(name), f"{path}.{name}") for name in ("from", "to")]
     zone = _zone(spec["timezone"], f"{path}.timezone") if "timezone" in spec else None
     return Until(days=tuple(sorted({DAYS.index(d) for d in days})), start=times[0],
                  end=times[1], zone=zone)  # fmt: skip
+
+
+def _minutes(value: Any, path: str) -> int:
+    """``"09:30"`` → minutes of the day."""
+    match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise DefinitionError(path, f"{value!r} is not a time of the day such as 09:30")
+    return int(match[1]) * 60 + int(match[2])
 
 
 def _zone(value: Any, path: str) -> ZoneInfo:
@@ -226,30 +230,11 @@ def _quiet(raw: Any) -> tuple[int, int, ZoneInfo | None]:
     """``{start: "22:00", end: "08:00", timezone: Europe/Paris}``: webhooks decided in between
     wait for the end (the person's ``timezone`` trait when no zone is given, else UTC)."""
     spec = _fields(raw, "quiet_hours", {"start", "end", "timezone"})
-    minutes = []
-    for name in ("start", "end"):
-        value = spec.get(name)
-        match = _CLOCK.fullmatch(value) if isinstance(value, str) else None
-        if match is None:
-            raise DefinitionError(f"quiet_hours.{name}", f"{value!r} is not a time such as 22:00")
-        minutes.append(int(match[1]) * 60 + int(match[2]))
+    minutes = [_minutes(spec.get(name), f"quiet_hours.{name}") for name in ("start", "end")]
     if minutes[0] == minutes[1]:
         raise DefinitionError("quiet_hours.end", "is the start: quiet hours would be empty")
     zone = _zone(spec["timezone"], "quiet_hours.timezone") if "timezone" in spec else None
     return minutes[0], minutes[1], zone
-
-
-def _unknown(allowed: set[str]) -> str:
-    return f"unknown field; expected one of {', '.join(sorted(allowed))}"
-
-
-def _fields(arg: Any, path: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(arg, dict):
-        raise DefinitionError(path, f"expects an object with {', '.join(sorted(allowed))}")
-    for name in arg:
-        if name not in allowed:
-            raise DefinitionError(f"{path}.{name}", _unknown(allowed))
-    return arg
 
 
 def _where(rule: Any, path: str) -> Evaluator:

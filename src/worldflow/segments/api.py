@@ -60,6 +60,14 @@ async def _put(request: Request, workspace_id: str, kind: str, key: str) -> dict
         Definitions(workspace_id, [*others, compile_definition(document, 0)])
     except DefinitionError as exc:
         raise _invalid(exc) from None
+    return await store_and_activate(svc, workspace_id, document)
+
+
+async def store_and_activate(svc: Services, workspace_id: str,
+                             document: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """Store a checked definition as its next version and, when it changed, append its
+    activation to every partition of the log (the processor switches there)."""
+    kind, key = document["kind"], document["key"]
     version, changed = await run_in_threadpool(svc.definitions.put, workspace_id, document)
     if changed:
         now = time.time_ns() // 1_000_000

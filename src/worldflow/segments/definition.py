@@ -15,7 +15,7 @@ import itertools
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -237,13 +237,16 @@ def _unknown(allowed: set[str]) -> str:
     return f"unknown field; expected one of {', '.join(sorted(allowed))}"
 
 
-def _fields(arg: Any, path: str, allowed: set[str], required: set[str]) -> dict[str, Any]:
+def _fields(arg: Any, path: str, allowed: set[str],
+            required: Collection[str] = ()) -> dict[str, Any]:  # fmt: skip
+    """``arg`` as an object with only ``allowed`` fields and all ``required`` ones."""
     if not isinstance(arg, dict):
-        raise DefinitionError(path, f"expects an object with {', '.join(sorted(required))}")
+        raise DefinitionError(path, f"expects an object with "
+                              f"{', '.join(sorted(required or allowed))}")  # fmt: skip
     for name in arg:
         if name not in allowed:
             raise DefinitionError(f"{path}.{name}", _unknown(allowed))
-    for name in sorted(required - set(arg)):
+    for name in sorted(set(required) - set(arg)):
         raise DefinitionError(f"{path}.{name}", "is required")
     return arg
 

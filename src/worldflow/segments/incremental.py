@@ -177,30 +177,31 @@ class _Watch:
     """The readers of one behaviour that compare its measures with numbers only: a change
     concerns those whose numbers lie between the old and the new value."""
 
-    __slots__ = ("limits", "measures", "one", "readers")
+    __slots__ = ("by_measure", "single")
 
     def __init__(self, readers: list[tuple[str, dict[str, set[float]]]]) -> None:
-        self.measures = tuple(sorted({m for _, limits in readers for m in limits}))
-        self.readers = [(key, [tuple(sorted(limits.get(m, ()))) for m in self.measures])
-                        for key, limits in readers]  # fmt: skip
-        self.limits = [tuple(sorted({x for _, ls in self.readers for x in ls[i]}))
-                       for i in range(len(self.measures))]  # fmt: skip
-        # The common case, one measure: its name, and each reader with its numbers
-        self.one = (self.measures[0], [(key, ls[0]) for key, ls in self.readers]
-                    ) if len(self.measures) == 1 else None  # fmt: skip
+        # Per measure: its name, every reader's numbers together (sorted), and each reader
+        # with its own numbers (sorted; empty when it does not read that measure).
+        self.by_measure = []
+        for name in sorted({m for _, limits in readers for m in limits}):
+            own = [(key, tuple(sorted(limits.get(name, ())))) for key, limits in readers]
+            union = tuple(sorted({x for _, numbers in own for x in numbers}))
+            self.by_measure.append((name, union, own))
+        self.single = len(self.by_measure) == 1  # the common case: a value, not a list
 
     def measure(self, agg: Agg | None, behaviour: Behaviour, now: int, sessions: Any) -> Any:
-        if self.one is not None:
-            return state.measure(agg, behaviour, self.one[0], now, sessions)
-        return [state.measure(agg, behaviour, m, now, sessions) for m in self.measures]
+        if self.single:  # hot: called twice per event folded or entry expired
+            return state.measure(agg, behaviour, self.by_measure[0][0], now, sessions)
+        return [state.measure(agg, behaviour, name, now, sessions)
+                for name, _, _ in self.by_measure]  # fmt: skip
 
     def moved(self, before: Any, after: Any, affected: set[str]) -> None:
-        if self.one is not None:
-            self._moved(before, after, self.limits[0], self.one[1], affected)
+        if self.single:
+            _, union, own = self.by_measure[0]
+            self._moved(before, after, union, own, affected)
             return
-        for i, (old, new) in enumerate(zip(before, after, strict=True)):
-            self._moved(old, new, self.limits[i],
-                        [(key, ls[i]) for key, ls in self.readers], affected)  # fmt: skip
+        for (_, union, own), old, new in zip(self.by_measure, before, after, strict=True):
+            self._moved(old, new, union, own, affected)
 
     @staticmethod
     def _moved(old: Any, new: Any, union: tuple[float, ...],
