@@ -136,6 +136,22 @@ def test_the_retry_window_running_out_is_dead(lite: SqlDeliveryStore, sqlite_url
                                          "retry window of 300ms ended; last: HTTP 503")  # fmt: skip
 
 
+def test_a_circuit_reopening_after_the_window_ends_the_delivery_now(
+    lite: SqlDeliveryStore, sqlite_url: str
+) -> None:
+    secret = new_secret()
+    with Receiver(secret, lambda _n, _r: (503, {}, b"maintenance")) as receiver:
+        put(lite, "crm", receiver.url, secret=secret)
+        add(lite, action("wh_1"))
+        policy = RetryPolicy(base_s=0.02, cap_s=0.05, window_s=10)
+        breaker = BreakerPolicy(threshold=2, cooldown_s=60, max_cooldown_s=60)
+        with dispatching(sqlite_url, allow=LOCAL, policy=policy, breaker=breaker):
+            dead = wait_for(lambda: ended(lite, "wh_1"), timeout=5)
+    assert dead["state"] == "dead" and dead["attempts"] == len(receiver.received) == 2
+    assert dead["last_error"].startswith("gave up after 2 attempt(s): the retry window of 10s "
+                                         "ended; last: HTTP 503")  # fmt: skip
+
+
 def test_the_circuit_opens_skips_probes_and_closes(lite: SqlDeliveryStore, sqlite_url: str) -> None:
     secret = new_secret()
     changes: list[tuple[str, str, str, str]] = []

@@ -34,6 +34,7 @@ from worldflow.actions.webhooks import (
     envelope,
     new_secret,
     parse_retry_after,
+    postpone,
     secret_key,
     signed_headers,
 )
@@ -150,6 +151,20 @@ def test_the_retry_window_ends_in_a_dead_delivery() -> None:
     # A Retry-After past the window's end is not waited for.
     late = _decide(Attempt(status=429, retry_after_s=7200), attempts=1, window_s=3600)
     assert late.state == DEAD
+
+
+def test_a_retry_held_for_an_open_circuit_obeys_the_window_too() -> None:
+    now = 1_700_000_000_000
+    policy = RetryPolicy(window_s=3600)
+    pending = _decide(Attempt(status=503, body="down"), attempts=5, age_s=60, window_s=3600)
+    held = postpone(pending, now + 30_000, now, 5, now - 60_000, policy)
+    assert (held.state, held.next_attempt_ms) == (PENDING, now + 30_000)
+    past = postpone(pending, now + 3600_000, now, 5, now - 60_000, policy)
+    assert (past.state, past.next_attempt_ms) == (DEAD, now)
+    assert past.last_error == ("gave up after 5 attempt(s): the retry window of 1h ended; "
+                               "last: HTTP 503: down")  # fmt: skip
+    delivered = _decide(Attempt(status=200))
+    assert postpone(delivered, now + 3600_000, now, 1, now, policy) == delivered
 
 
 def test_circuit_opens_probes_reopens_longer_and_closes() -> None:

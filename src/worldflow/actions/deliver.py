@@ -24,8 +24,9 @@ Semantics, for whoever writes a producer or a receiver:
   does not exist or is disabled are dead too, saying so.
 - **Circuit breaker.** After 5 consecutive failures a destination's circuit opens: nothing is
   sent to it for 30 s (doubling at each re-open up to 10 min) and its pending deliveries wait
-  for the reopening without an attempt being counted; then one probe goes through (half-open),
-  and its success closes the circuit. Each change calls ``on_circuit``.
+  for the reopening without an attempt being counted (those whose window ends before it are
+  dead then and there); then one probe goes through (half-open), and its success closes the
+  circuit. Each change calls ``on_circuit``.
 - **Fairness.** Concurrency is bounded overall and per destination, each destination's due
   deliveries are read on their own, and an optional rate limit (token bucket) applies per
   destination: a destination that times out holds only its own slots.
@@ -82,7 +83,6 @@ from worldflow.actions.webhooks import (
     DELIVERED,
     HALF_OPEN,
     OPEN,
-    PENDING,
     AllowList,
     Attempt,
     BreakerPolicy,
@@ -97,6 +97,7 @@ from worldflow.actions.webhooks import (
     envelope,
     ip_literal,
     parse_retry_after,
+    postpone,
     secret_key,
     signed_headers,
 )
@@ -557,11 +558,12 @@ class Dispatcher:
         if d.channel == WEBHOOK:  # e-mail has no circuit: its backoff alone spaces retries
             change = d.circuit.record(None if attempt.refused is not None else outcome.failure,
                                       at, self.breaker)  # fmt: skip
-        next_ms = outcome.next_attempt_ms
-        if outcome.state == PENDING and d.circuit.state == OPEN and d.circuit.reopen_at_ms:
-            next_ms = max(next_ms, d.circuit.reopen_at_ms)  # no retry before the reopening
+        if d.circuit.state == OPEN and d.circuit.reopen_at_ms:  # no retry before the reopening
+            outcome = postpone(outcome, d.circuit.reopen_at_ms, at, row.attempts + 1,
+                               row.window_start_ms, self.policy)  # fmt: skip
         d.unwritten.add(row.id)
-        self._results.append(Result(row.id, row.attempts + 1, outcome.state, next_ms,
+        self._results.append(Result(row.id, row.attempts + 1, outcome.state,
+                                    outcome.next_attempt_ms,
                                     outcome.last_status, outcome.last_error, at))  # fmt: skip
         self._settled.append((d, row.id))
         if change is not None:

@@ -25,7 +25,7 @@ import secrets
 import socket
 import urllib.parse
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Final
 
@@ -208,12 +208,29 @@ def decide(
         delay_s = attempt.retry_after_s
     else:
         delay_s = policy.backoff_s(attempts, rng)
-    next_ms = now_ms + math.ceil(delay_s * 1000)
+    return postpone(Outcome(PENDING, now_ms + math.ceil(delay_s * 1000), status,
+                            describe(attempt), True),
+                    now_ms, now_ms, attempts, window_start_ms, policy)  # fmt: skip
+
+
+def postpone(
+    outcome: Outcome,
+    until_ms: int,
+    now_ms: int,
+    attempts: int,
+    window_start_ms: int,
+    policy: RetryPolicy,
+) -> Outcome:
+    """A pending ``outcome`` retried no sooner than ``until_ms`` (an open circuit's reopening),
+    or dead when that next attempt would fall beyond the retry window."""
+    if outcome.state != PENDING:
+        return outcome
+    next_ms = max(outcome.next_attempt_ms, until_ms)
     if next_ms > window_start_ms + policy.window_s * 1000:
         reason = (f"gave up after {attempts} attempt(s): the retry window of "
-                  f"{duration(policy.window_s)} ended; last: {describe(attempt)}")  # fmt: skip
-        return Outcome(DEAD, now_ms, status, reason, True)
-    return Outcome(PENDING, next_ms, status, describe(attempt), True)
+                  f"{duration(policy.window_s)} ended; last: {outcome.last_error}")  # fmt: skip
+        return replace(outcome, state=DEAD, next_attempt_ms=now_ms, last_error=reason)
+    return replace(outcome, next_attempt_ms=next_ms)
 
 
 # --- the circuit breaker -----------------------------------------------------------------
