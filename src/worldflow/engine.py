@@ -37,7 +37,13 @@ import msgspec
 from worldflow.events.catalogue import Catalogue, EventSpec
 from worldflow.events.model import LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
-from worldflow.journeys.definition import Journey, compile_journey
+from worldflow.journeys.definition import (
+    MESSAGING,
+    Journey,
+    Messaging,
+    compile_journey,
+    compile_messaging,
+)
 from worldflow.journeys.engine import Effects, Journeys, is_hidden
 from worldflow.log import LogEntry, LogRecord
 from worldflow.privacy import gate
@@ -323,6 +329,7 @@ class Processor:
         if found is None:
             compiled: list[Definition] = []
             journeys: list[Journey] = []
+            messaging = None
             for version, document in self.store.active_definitions(workspace_id):
                 try:
                     one = _compile(document, version)
@@ -332,9 +339,11 @@ class Processor:
                     continue
                 if isinstance(one, Journey):
                     journeys.append(one)
+                elif isinstance(one, Messaging):
+                    messaging = one
                 else:
                     compiled.append(one)
-            self._journeys[workspace_id] = _live(workspace_id, journeys)
+            self._journeys[workspace_id] = _live(workspace_id, journeys, messaging)
             hidden = [s for j in journeys for s in j.hidden]
             found = self._definitions[workspace_id] = Definitions(workspace_id,
                                                                   [*compiled, *hidden])  # fmt: skip
@@ -397,9 +406,11 @@ class Processor:
             journeys = [*(j for j in old_journeys.journeys.values()
                           if ("journey", j.key) not in chosen),
                         *(c for c in compiled if isinstance(c, Journey))]  # fmt: skip
+            messaging = next((c for c in compiled if isinstance(c, Messaging)),
+                             old_journeys.messaging)  # fmt: skip
             new = Definitions(ws, [
                 *(d for d in old.all() if (d.kind, d.key) not in chosen and not is_hidden(d.key)),
-                *(c for c in compiled if not isinstance(c, Journey)),
+                *(c for c in compiled if not isinstance(c, Journey | Messaging)),
                 *(s for j in journeys for s in j.hidden)])  # fmt: skip
         except DefinitionError:
             log.exception("definitions %s of %s do not compile; not activated", sorted(chosen),
@@ -429,7 +440,9 @@ class Processor:
 
         progress("backfilling")
         log.info("activating %d definitions of %s over %d profiles", len(chosen), ws, total)
-        while ids := self.store.profile_ids(ws, self.partitions, after, 2000):
+        only_policy = all(kind == MESSAGING for kind, _ in chosen)  # no profile to compute
+        while not only_policy and (ids := self.store.profile_ids(ws, self.partitions, after,
+                                                                  2000)):  # fmt: skip
             self._load([i for i in ids if i not in self.profiles])
             for profile_id in ids:
                 profile = self.profiles.get(profile_id)
@@ -453,7 +466,7 @@ class Processor:
             self._commit()
             progress("backfilling")
         self._definitions[ws] = new
-        self._journeys[ws] = _live(ws, journeys)
+        self._journeys[ws] = _live(ws, journeys, messaging)
         self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
                             chosen.items()]  # fmt: skip
         self._commit()  # with the status: active
@@ -866,15 +879,17 @@ def _definition_runs(decoded: Sequence[tuple[LogEntry, Any, Any]]) -> dict[int, 
     return runs
 
 
-def _compile(document: dict[str, Any], version: int) -> Definition | Journey:
+def _compile(document: dict[str, Any], version: int) -> Definition | Journey | Messaging:
     if document.get("kind") == "journey":
         return compile_journey(document, version)
+    if document.get("kind") == MESSAGING:
+        return compile_messaging(document, version)
     return compile_definition(document, version)
 
 
-def _live(workspace_id: str, journeys: list[Journey]) -> Journeys:
+def _live(workspace_id: str, journeys: list[Journey], messaging: Messaging | None) -> Journeys:
     """The journeys whose runs the processor moves (drafts take no part)."""
-    return Journeys(workspace_id, [j for j in journeys if j.status != "draft"])
+    return Journeys(workspace_id, [j for j in journeys if j.status != "draft"], messaging)
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:

@@ -98,6 +98,17 @@ def run_it(server: ServerProcess) -> None:
         cyd = wait_for(lambda: (p := admin.get("/v1/profiles/by/user_id/cyd").json())
                        .get("traits", {}).get("welcomed") and p)  # fmt: skip
         assert cyd["journeys"]["welcome"]["outcome"] == "completed"
+        assert admin.get("/v1/messaging").status_code == 404
+        bad = admin.put("/v1/messaging", json={"caps": {"email": {"per_day": "two"}}})
+        assert bad.status_code == 422
+        assert bad.json()["message"] == "caps.email.per_day: 'two' is not a whole number >= 0"
+        policy = admin.put("/v1/messaging", content="caps: {email: {per_week: 3}}\n",
+                           headers={"Content-Type": "application/yaml"})  # fmt: skip
+        assert policy.json() == {"kind": "messaging", "key": "default", "version": 1,
+                                 "changed": True}  # fmt: skip
+        shown = wait_for(lambda: (m := admin.get("/v1/messaging").json())["status"]["state"]
+                         == "active" and m)  # fmt: skip
+        assert shown["definition"]["caps"] == {"email": {"per_week": 3}}
     # The server's dispatcher signs and sends them; the receiver verifies each signature with
     # the public standardwebhooks library.
     wait_for(lambda: crm.received == 2)

@@ -14,6 +14,7 @@ from worldflow.events.catalogue import Catalogue
 from worldflow.events.model import Event, encode_event
 from worldflow.events.segment import SegmentTranslator
 from worldflow.journeys.definition import validate as journey
+from worldflow.journeys.definition import validate_messaging
 from worldflow.log.sql import read_entries
 from worldflow.profiles.model import Profile
 from worldflow.segments.definition import validate
@@ -75,7 +76,9 @@ class Harness:
 
     def apply(self, document: dict[str, Any]) -> int:
         """Store a definition and put its activation in the log, as the API does."""
-        checked = journey(document) if document.get("kind") == "journey" else validate(document)
+        check = {"journey": journey, "messaging": validate_messaging}.get(document.get("kind"),
+                                                                          validate)  # fmt: skip
+        checked = check(document)
         version, changed = self.definitions.put(self.workspace, checked)
         if changed:
             ms = int(self.now.timestamp() * 1000)

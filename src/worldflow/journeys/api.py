@@ -17,8 +17,13 @@ from starlette.concurrency import run_in_threadpool
 from worldflow.admin import Admin, Read, _services
 from worldflow.collect.errors import ApiError
 from worldflow.events.model import Event
-from worldflow.journeys.definition import compile_journey, validate
-from worldflow.journeys.engine import JOURNEY_SOURCE
+from worldflow.journeys.actions import JOURNEY_SOURCE
+from worldflow.journeys.definition import (
+    MESSAGING,
+    compile_journey,
+    validate,
+    validate_messaging,
+)
 from worldflow.profiles.api import _iso
 from worldflow.segments.api import _document, _invalid, _summary, store_and_activate
 from worldflow.segments.definition import KEY, DefinitionError, compile_definition
@@ -44,6 +49,31 @@ async def put_journey(request: Request, token: Admin, key: KeyPath) -> dict[str,
     except DefinitionError as exc:
         raise _invalid(exc) from None
     return await store_and_activate(svc, workspace_id, document)
+
+
+@router.put("/messaging")
+async def put_messaging(request: Request, token: Admin) -> dict[str, Any]:
+    """Apply the workspace's messaging policy (JSON or YAML; docs/JOURNEYS.md): caps per
+    channel across all journeys, and quiet hours for those that set none of their own.
+    Journeys marked ``transactional`` are neither held nor counted by it."""
+    try:
+        document = validate_messaging(await _document(request))
+    except DefinitionError as exc:
+        raise _invalid(exc) from None
+    return await store_and_activate(_services(request), token.workspace_id, document)
+
+
+@router.get("/messaging")
+async def get_messaging(request: Request, token: Read) -> dict[str, Any]:
+    svc = _services(request)
+    found = await run_in_threadpool(svc.definitions.get, token.workspace_id, MESSAGING,
+                                    "default")  # fmt: skip
+    if found is None:
+        raise ApiError(404, "messaging_not_found", "this workspace has no messaging policy: "
+                       "no caps or quiet hours beyond each journey's own")  # fmt: skip
+    body = _summary(found)
+    body["active_version"] = found["active_version"]
+    return body
 
 
 @router.get("/journeys")

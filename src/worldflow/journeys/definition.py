@@ -16,7 +16,7 @@ from datetime import datetime
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from worldflow.journeys import templates
+from worldflow.journeys import actions
 from worldflow.segments.definition import (
     EVENT_NAME,
     KEY,
@@ -30,15 +30,15 @@ from worldflow.segments.definition import (
 from worldflow.segments.logic import Evaluator, LogicError, compile_logic, reads, truthy
 
 STATUSES: Final = ("draft", "active", "paused", "archived")
-ACTIONS: Final = ("webhook", "email", "set_traits", "unset_traits", "emit", "inworld", "award")
 HIDDEN: Final = "~"  # the prefix of the segments journeys compile their conditions into
 MAX_STEPS: Final = 200
 EXIT: Final = "exit"
 
 _JOURNEY_FIELDS: Final = {"kind", "key", "name", "description", "status", "entry", "reentry",
-                          "steps", "goal", "exit", "caps", "quiet_hours"}  # fmt: skip
-CAPPED: Final = ("webhook", "email", "inworld", "emit")  # the channels caps apply to
-QUIET: Final = ("webhook", "email")  # the channels quiet hours hold back (messages, not the world)
+                          "steps", "goal", "exit", "caps", "quiet_hours",
+                          "transactional"}  # fmt: skip
+MESSAGING: Final = "messaging"  # the kind of the workspace's caps and quiet hours
+_MESSAGING_FIELDS: Final = {"kind", "key", "description", "caps", "quiet_hours"}
 _CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
 _ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
 _STEP_KINDS: Final = ("wait", "wait_until", "wait_for", "branch", "split", "action", "goto",
@@ -90,6 +90,7 @@ class Step:
     weights: tuple[tuple[float, int | None], ...] = ()  # split: (cumulative weight, target)
     holdout: float = 0.0  # split: the share kept out as a control group (percent)
     action: dict[str, Any] | None = None
+    action_kind: str | None = None  # action: its kind (worldflow.journeys.actions)
     journey: str | None = None  # goto another journey
     reason: str = "completed"  # exit
     until: Until | None = None  # wait_until
@@ -113,6 +114,41 @@ class Journey:
     caps: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # day, week
     # (start, end) in minutes of the day, and the time zone (None: the person's, else UTC)
     quiet: tuple[int, int, ZoneInfo | None] | None = None
+    transactional: bool = False  # the workspace's caps and quiet hours do not apply
+
+
+@dataclass(slots=True)
+class Messaging:
+    """The workspace's caps and quiet hours, across all its journeys (one document, key
+    ``default``): a journey marked ``transactional`` is not held by them nor counted."""
+
+    kind = MESSAGING
+    key: str
+    version: int
+    document: dict[str, Any]
+    caps: dict[str, tuple[int | None, int | None]]
+    quiet: tuple[int, int, ZoneInfo | None] | None
+
+
+def validate_messaging(raw: Any, key: str | None = None) -> dict[str, Any]:
+    """Check the workspace's messaging document; return it with ``kind`` and ``key``."""
+    if not isinstance(raw, dict):
+        raise DefinitionError("", "the messaging policy is an object (a YAML mapping)")
+    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
+    if document.setdefault("kind", MESSAGING) != MESSAGING:
+        raise DefinitionError("kind", f"{document['kind']!r} is not {MESSAGING}")
+    if document.setdefault("key", key or "default") != "default":
+        raise DefinitionError("key", "a workspace has one messaging policy, key default")
+    for name in document:
+        if name not in _MESSAGING_FIELDS:
+            raise DefinitionError(name, _unknown(_MESSAGING_FIELDS))
+    compile_messaging(document, 0)
+    return document
+
+
+def compile_messaging(document: dict[str, Any], version: int) -> Messaging:
+    quiet = _quiet(document["quiet_hours"]) if "quiet_hours" in document else None
+    return Messaging("default", version, document, _caps(document.get("caps", {})), quiet)
 
 
 def validate(raw: Any, key: str | None = None) -> dict[str, Any]:
@@ -160,8 +196,12 @@ def compile_journey(document: dict[str, Any], version: int) -> Journey:
         exit_, _ = _trigger(document["exit"], "exit", condition)
     steps = _steps(document.get("steps"), condition, key)
     quiet = _quiet(document["quiet_hours"]) if "quiet_hours" in document else None
+    transactional = document.get("transactional", False)
+    if not isinstance(transactional, bool):
+        raise DefinitionError("transactional", f"{transactional!r} is not true or false")
     return Journey(key, version, document, status, entry, entry_segment, reentry, after, steps,
-                   goal, exit_, hidden, _caps(document.get("caps", {})), quiet)  # fmt: skip
+                   goal, exit_, hidden, _caps(document.get("caps", {})), quiet,
+                   transactional)  # fmt: skip
 
 
 def _until(raw: Any, path: str) -> Until:
@@ -208,7 +248,7 @@ def _zone(value: Any, path: str) -> ZoneInfo:
 def _caps(raw: Any) -> dict[str, tuple[int | None, int | None]]:
     """``{webhook: {per_day: 1, per_week: 3}}``: at most so many actions of a channel per
     person in any 24 hours and any 7 days, from this journey."""
-    spec = _fields(raw, "caps", set(CAPPED))
+    spec = _fields(raw, "caps", set(actions.channels()))
     caps = {}
     for channel, limits in spec.items():
         path = f"caps.{channel}"
@@ -364,7 +404,8 @@ def _steps(raw: Any, condition: Any, journey: str) -> list[Step]:
         elif kind == "split":
             steps.append(_split(value, step, path, i, step_id, nxt, target))
         elif kind == "action":
-            steps.append(Step(i, step_id, kind, nxt, action=_action(value, at)))
+            action_kind, action = _action(value, at)
+            steps.append(Step(i, step_id, kind, nxt, action=action, action_kind=action_kind))
         elif kind == "goto":
             if isinstance(value, dict):
                 spec = _fields(value, at, {"journey"})
@@ -409,49 +450,17 @@ def _split(value: Any, step: dict[str, Any], path: str, i: int, step_id: str,
                 holdout=float(holdout))  # fmt: skip
 
 
-def _action(raw: Any, path: str) -> dict[str, Any]:
-    if not isinstance(raw, dict) or len([k for k in raw if k in ACTIONS]) != 1:
-        raise DefinitionError(path, f"names exactly one of {', '.join(ACTIONS)}")
-    kind = next(k for k in raw if k in ACTIONS)
-    extra = {"webhook": {"body"}, "emit": {"properties"}, "inworld": {"world", "expires"},
-             "award": {"points"}}.get(kind, set())  # fmt: skip
-    _fields(raw, path, {kind, *extra})
-    value = raw[kind]
-    at = f"{path}.{kind}"
-    if kind == "email":
-        spec = _fields(value, at, {"subject", "text", "html"})
-        if "subject" not in spec or "text" not in spec:
-            raise DefinitionError(at, "has a subject and a text (and may have an html)")
-        for name, template in spec.items():
-            if not isinstance(template, str) or not template.strip():
-                raise DefinitionError(f"{at}.{name}", "is a template (a non-empty string)")
-            try:
-                templates.compiled(template, html=name == "html")
-            except templates.TemplateError as exc:
-                raise DefinitionError(f"{at}.{name}", f"not a template: {exc}") from None
-    elif kind == "webhook":
-        _segment_key(value, at)  # a destination id
-        if "body" in raw and not isinstance(raw["body"], dict):
-            raise DefinitionError(f"{path}.body", "is an object, sent in the webhook's data")
-    elif kind == "set_traits":
-        if not isinstance(value, dict) or not value:
-            raise DefinitionError(at, "is an object of traits to set")
-    elif kind == "unset_traits":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise DefinitionError(at, "is a list of trait names")
-    elif kind == "emit":
-        _event_name(value, at)
-        if not isinstance(raw.get("properties", {}), dict):
-            raise DefinitionError(f"{path}.properties", "is an object")
-    elif kind == "inworld":
-        if not isinstance(value, dict) or not value:
-            raise DefinitionError(at, "is an object: the in-world action (placement, content…)")
-        if "expires" in raw:
-            parse_duration(raw["expires"], f"{path}.expires")
-    else:  # award
-        _segment_key(value, at)  # a score model key
-        points = raw.get("points")
-        if isinstance(points, bool) or not isinstance(points, int | float):
-            raise DefinitionError(f"{path}.points", f"{points!r} is not a number")
-    json.dumps(raw)  # JSON all the way down: it is sent and stored
-    return dict(raw)
+def _action(raw: Any, path: str) -> tuple[str, dict[str, Any]]:
+    """The action's kind and its document, checked by the kind."""
+    registry = actions.kinds()
+    named = [k for k in raw if k in registry] if isinstance(raw, dict) else []
+    if len(named) != 1:
+        raise DefinitionError(path, f"names exactly one of {', '.join(registry)}")
+    kind = registry[named[0]]
+    _fields(raw, path, {kind.name, *kind.options})
+    kind.check(raw, path)
+    try:
+        json.dumps(raw)  # JSON all the way down: it is sent and stored
+    except (TypeError, ValueError) as exc:
+        raise DefinitionError(path, f"is not JSON: {exc}") from None
+    return kind.name, dict(raw)

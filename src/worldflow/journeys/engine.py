@@ -13,25 +13,21 @@ same ones (with the same ids).
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from datetime import time as dt_time
 from typing import Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
-from worldflow.events.model import Event
-from worldflow.journeys import templates
-from worldflow.journeys.definition import CAPPED, HIDDEN, QUIET, Journey, Step, Trigger, Until
+from worldflow.journeys import actions
+from worldflow.journeys.definition import HIDDEN, Journey, Messaging, Step, Trigger, Until
 from worldflow.log import LogRecord
-from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Run
 from worldflow.segments.incremental import Transition
 
-JOURNEY_SOURCE: Final = "_journeys"  # the source of the events journeys emit
 API_ENTRY: Final = "journey.entry_requested"  # the event of an entry by API call
 MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
 MAX_SENDS: Final = 500  # actions remembered per person for the caps
@@ -62,9 +58,11 @@ class Effects:
 class Journeys:
     """The compiled journeys of one workspace, indexed by what starts and ends their runs."""
 
-    def __init__(self, workspace_id: str, journeys: Iterable[Journey]) -> None:
+    def __init__(self, workspace_id: str, journeys: Iterable[Journey],
+                 messaging: Messaging | None = None) -> None:  # fmt: skip
         self.workspace_id = workspace_id
         self.journeys = {j.key: j for j in journeys}
+        self.messaging = messaging  # the workspace's caps and quiet hours
         self.by_event: dict[str, list[Journey]] = {}
         self.by_segment: dict[tuple[str, bool], list[Journey]] = {}
         for journey in self.journeys.values():
@@ -282,7 +280,7 @@ class Journeys:
                 effects.count(self.workspace_id, journey, f"split:{step.id}:{pick + 1}")
                 self._move(profile, journey, run, step.weights[pick][1], now, effects)
             elif step.kind == "action":
-                until = _quiet_until(profile, journey, step, now)
+                until = self._quiet_until(profile, journey, step, now)
                 if until:  # quiet hours: the run waits at the action until they end
                     if not run.wake:
                         run.wake = until
@@ -325,138 +323,71 @@ class Journeys:
 
     # -- actions -------------------------------------------------------------------------
 
+    def _capped(self, profile: Profile, journey: Journey, channel: str, now: int) -> str:
+        """``capped`` when this journey already took its cap of ``channel`` actions for the
+        person in the last 24 hours or 7 days, ``capped_workspace`` when all the workspace's
+        journeys did (transactional ones neither held nor counted), else ``""``."""
+        sends = profile.sends
+        while sends and sends[0][0] <= now - WEEK_MS:
+            del sends[0]  # older sends are forgotten
+        mine = journey.caps.get(channel)
+        own = [at for at, c, key in sends if c == channel and key == journey.key]
+        if mine is not None and _over(own, mine, now):
+            return "capped"
+        shared = self.messaging.caps.get(channel) if self.messaging is not None else None
+        if shared is None or journey.transactional:
+            return ""
+        counted = [at for at, c, key in sends if c == channel and not (
+            (other := self.journeys.get(key)) is not None and other.transactional)]  # fmt: skip
+        return "capped_workspace" if _over(counted, shared, now) else ""
+
+    def _quiet_until(self, profile: Profile, journey: Journey, step: Step, now: int) -> int:
+        """When quiet hours end — the journey's, else the workspace's unless the journey is
+        transactional — if ``now`` is in them and they hold the action back (0 otherwise)."""
+        kind = actions.kinds().get(step.action_kind or "")
+        if kind is None or not kind.quiet:
+            return 0
+        quiet = journey.quiet
+        if quiet is None and self.messaging is not None and not journey.transactional:
+            quiet = self.messaging.quiet
+        return _quiet(quiet, profile, now) if quiet is not None else 0
+
     def _act(self, profile: Profile, journey: Journey, run: Run, step: Step, now: int,
              effects: Effects) -> bool:  # fmt: skip
         """Take the step's action; whether it changed the profile's traits or scores."""
-        action = step.action or {}
-        mail = self._mail(profile, journey, step, now, effects) if "email" in action else None
-        if "email" in action and mail is None:
-            return False  # no consent, no address or a template that fails: not sent
-        channel = next((c for c in CAPPED if c in action), None)
+        kind = actions.kinds().get(step.action_kind or "")
+        if kind is None:  # its plugin is gone since the journey was applied
+            effects.count(self.workspace_id, journey, f"unknown_action:{step.action_kind}")
+            return False
+        ctx = actions.Context(self.workspace_id, profile, journey, run, step, now, effects)
+        prepared = kind.prepare(step.action or {}, ctx)
+        if prepared is None:
+            return False  # declined (no consent, no address, a template that fails…)
+        channel = kind.channel
         if channel is not None:
-            if _capped(profile, journey, channel, now):
-                effects.count(self.workspace_id, journey, f"capped:{channel}")
+            capped = self._capped(profile, journey, channel, now)
+            if capped:
+                effects.count(self.workspace_id, journey, f"{capped}:{channel}")
                 return False  # not sent; the run goes on
             profile.sends.append((now, channel, journey.key))
             if len(profile.sends) > MAX_SENDS:
                 del profile.sends[0]
         run.actions += 1
-        ident = hashlib.blake2b(
-            f"{self.workspace_id}\0{journey.key}\0{profile.id}\0{run.count}\0{run.actions}"
-            .encode(), digest_size=12).hexdigest()  # fmt: skip
-        at = datetime.fromtimestamp(now / 1000, UTC).isoformat().replace("+00:00", "Z")
-        envelope: dict[str, Any] = {
-            "journey": journey.key, "version": journey.version, "step": step.id,
-            "run": run.count, "at": at,
-            "profile": {"id": profile.id, "user_id": _first(profile, "user_id"),
-                        "anonymous_id": _first(profile, "anonymous_id"),
-                        "traits": profile.traits},
-        }  # fmt: skip
-        if mail is not None:
-            effects.deliveries.append(self._delivery(
-                f"em_{ident}", "email", "smtp", "journey.email",
-                {**mail, **{k: envelope[k] for k in ("journey", "version", "step", "run")},
-                 "profile": {"id": profile.id}}, now))  # fmt: skip
-            effects.count(self.workspace_id, journey, "actions:email")
-        elif "webhook" in action:
-            effects.deliveries.append(self._delivery(
-                f"wh_{ident}", "webhook", action["webhook"], "journey.action",
-                {**envelope, "data": action.get("body", {})}, now))  # fmt: skip
-            effects.count(self.workspace_id, journey, "actions:webhook")
-        elif "inworld" in action:
-            expires = action.get("expires")
-            payload = {**envelope, "action": action["inworld"], "world": action.get("world"),
-                       "expires": expires}  # fmt: skip
-            effects.deliveries.append(self._delivery(
-                f"iw_{ident}", "inworld", action.get("world") or "*", "journey.inworld",
-                payload, now))  # fmt: skip
-            effects.count(self.workspace_id, journey, "actions:inworld")
-        elif "set_traits" in action or "unset_traits" in action:
-            if "set_traits" in action:
-                model.set_traits(profile, action["set_traits"], now)
-                changed = set(action["set_traits"])
-            else:
-                model.unset_traits(profile, action["unset_traits"], now)
-                changed = set(action["unset_traits"])
-            effects.traits.setdefault(profile.id, set()).update(changed)
-            effects.count(self.workspace_id, journey, "actions:traits")
-            return True
-        elif "award" in action:  # the processor adds them, as the score model decays them
-            effects.awards.append((profile.id, action["award"], float(action["points"]), now))
-            effects.count(self.workspace_id, journey, "actions:award")
-            return True
-        elif "emit" in action:
-            emitted = self._event(profile, f"je_{ident}", action["emit"],
-                                  action.get("properties", {}), journey, now)  # fmt: skip
-            effects.events.append(emitted)
-            effects.count(self.workspace_id, journey, "actions:emit")
-        return False
-
-    def _mail(self, profile: Profile, journey: Journey, step: Step, now: int,
-              effects: Effects) -> dict[str, str] | None:  # fmt: skip
-        """The e-mail an action sends, rendered; None when it is not to be sent: the person
-        has not agreed to marketing contact, has no address, or a template fails."""
-        consent = profile.consent.get("marketing_contact")
-        if consent is None or not consent.granted:
-            effects.count(self.workspace_id, journey, "no_consent:email")
-            return None
-        to = profile.traits.get("email")
-        if not isinstance(to, str) or "@" not in to or len(to) > 320:
-            effects.count(self.workspace_id, journey, "no_address:email")
-            return None
-        context = {"traits": profile.traits, "profile": {"id": profile.id},
-                   "journey": journey.key, "step": step.id,
-                   "now": datetime.fromtimestamp(now / 1000, UTC).isoformat()}  # fmt: skip
-        try:
-            parts = {name: templates.render(source, context, html=name == "html")
-                     for name, source in (step.action or {})["email"].items()}  # fmt: skip
-        except Exception:  # a template's own error ({{ 1 / 0 }}) must not stop the processor
-            effects.count(self.workspace_id, journey, "template_error:email")
-            return None
-        return {"to": to, **parts}
-
-    def _delivery(self, ident: str, channel: str, destination: str, event_type: str,
-                  payload: dict[str, Any], now: int) -> dict[str, Any]:  # fmt: skip
-        return {"id": ident, "workspace_id": self.workspace_id, "channel": channel,
-                "destination_id": destination, "event_type": event_type,
-                "payload": json.dumps(payload, separators=(",", ":"), default=str),
-                "created_ms": now, "state": "pending", "attempts": 0,
-                "next_attempt_ms": now}  # fmt: skip
-
-    def _event(self, profile: Profile, ident: str, name: str, properties: dict[str, Any],
-               journey: Journey, now: int) -> LogRecord:  # fmt: skip
-        at = datetime.fromtimestamp(now / 1000, UTC)
-        event = Event(
-            message_id=ident, workspace_id=self.workspace_id, source_id=JOURNEY_SOURCE,
-            channel="journey", type="track", name=name, custom=True, tier=1, timestamp=at,
-            received_at=at, properties={**properties, "journey": journey.key},
-            user_id=_first(profile, "user_id"), anonymous_id=_first(profile, "anonymous_id"),
-            context={"profile_id": profile.id},
-        )  # fmt: skip
-        return LogRecord(self.workspace_id, ident, 0, now, _encode(event))
+        kind.take(prepared, ctx)
+        return ctx.changed
 
 
-def _capped(profile: Profile, journey: Journey, channel: str, now: int) -> bool:
-    """Whether this journey already took its cap of ``channel`` actions for the person in
-    the last 24 hours or 7 days (older sends are forgotten here)."""
-    sends = profile.sends
-    while sends and sends[0][0] <= now - WEEK_MS:
-        del sends[0]
-    per_day, per_week = journey.caps.get(channel, (None, None))
-    if per_day is None and per_week is None:
-        return False
-    mine = [at for at, c, key in sends if c == channel and key == journey.key]
-    if per_week is not None and len(mine) >= per_week:
+def _over(sends: list[int], limits: tuple[int | None, int | None], now: int) -> bool:
+    """Whether the sends (times) already reach a (per day, per week) cap."""
+    per_day, per_week = limits
+    if per_week is not None and len(sends) >= per_week:
         return True
-    return per_day is not None and sum(at > now - DAY_MS for at in mine) >= per_day
+    return per_day is not None and sum(at > now - DAY_MS for at in sends) >= per_day
 
 
-def _quiet_until(profile: Profile, journey: Journey, step: Step, now: int) -> int:
-    """When the journey's quiet hours end, if ``now`` is in them and the action is held back
-    by them (0 otherwise)."""
-    if journey.quiet is None or not any(c in (step.action or {}) for c in QUIET):
-        return 0
-    start, end, zone = journey.quiet
+def _quiet(quiet: tuple[int, int, ZoneInfo | None], profile: Profile, now: int) -> int:
+    """When quiet hours end, if ``now`` is in them (0 otherwise)."""
+    start, end, zone = quiet
     if zone is None:
         zone = _zone(profile.traits.get("timezone"))
     local = datetime.fromtimestamp(now / 1000, zone)
@@ -515,11 +446,6 @@ def _crossed(trigger: Trigger | None, t: Transition) -> bool:
     return (trigger.segment == t.key and t.entered) or (
         trigger.segment_exited == t.key and not t.entered
     )
-
-
-def _first(profile: Profile, type_name: str) -> str | None:
-    values = profile.identities.get(type_name)
-    return values[0] if values else None
 
 
 def _name(journey: Journey, target: int | None) -> str:

@@ -1,6 +1,6 @@
-"""``worldflow apply PATH``: send the segment, score and journey definitions in YAML or JSON
-files to a server's admin API, score models first (segments read them), journeys last (they
-read segments), each checked locally first."""
+"""``worldflow apply PATH``: send the segment, score and journey definitions and the messaging
+policy in YAML or JSON files to a server's admin API, score models first (segments read them),
+journeys last (they read segments and the policy), each checked locally first."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from worldflow.journeys.definition import MESSAGING, validate_messaging
 from worldflow.journeys.definition import validate as validate_journey
 from worldflow.segments.definition import DefinitionError, iter_documents, validate
 
@@ -31,9 +32,13 @@ def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
     for file in files:
         try:
             for i, document in enumerate(iter_documents(file.read_text(), str(file))):
-                journey = isinstance(document, dict) and document.get("kind") == "journey"
-                yield f"{file}#{i + 1}", validate_journey(document) if journey else validate(
-                    document)  # fmt: skip
+                kind = document.get("kind") if isinstance(document, dict) else None
+                if kind == "journey":
+                    yield f"{file}#{i + 1}", validate_journey(document)
+                elif kind == MESSAGING:
+                    yield f"{file}#{i + 1}", validate_messaging(document)
+                else:
+                    yield f"{file}#{i + 1}", validate(document)
         except DefinitionError as exc:
             raise ApplyError(f"{file}: {exc}") from None
 
@@ -42,13 +47,14 @@ def apply(path: Path, url: str, token: str) -> list[dict[str, Any]]:
     """Validate everything, then PUT score models, then segments; the server's answers."""
     if not url.startswith(("http://", "https://")):
         raise ApplyError(f"--url: {url!r} is not an http(s) URL")
-    order = {"score": 0, "segment": 1, "journey": 2}
+    order = {"score": 0, "segment": 1, MESSAGING: 2, "journey": 3}
     found = sorted(documents(path), key=lambda item: order[item[1]["kind"]])
     answers = []
     for where, document in found:
-        kind = {"score": "scores", "segment": "segments", "journey": "journeys"}[document["kind"]]
+        kind = document["kind"]
+        place = "messaging" if kind == MESSAGING else f"{kind}s/{document['key']}"
         request = urllib.request.Request(  # noqa: S310 - checked above: http(s) only
-            f"{url.rstrip('/')}/v1/{kind}/{document['key']}",
+            f"{url.rstrip('/')}/v1/{place}",
             data=json.dumps(document).encode(),
             method="PUT",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
