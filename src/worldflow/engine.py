@@ -44,7 +44,7 @@ from worldflow.journeys.definition import (
     compile_journey,
     compile_messaging,
 )
-from worldflow.journeys.engine import Effects, Journeys, is_hidden
+from worldflow.journeys.engine import Effects, Journeys, is_hidden, next_occurrence
 from worldflow.log import LogEntry, LogRecord
 from worldflow.privacy import gate
 from worldflow.profiles import model
@@ -108,6 +108,11 @@ class ProfileStore(Protocol):
         ...
 
     def timers(self, partitions: Sequence[int]) -> list[tuple[int, str]]: ...
+
+    def workspace_ids(self) -> list[str]: ...
+
+    def segment_member_ids(self, workspace_id: str, key: str, partitions: Sequence[int],
+                           after: str, limit: int) -> list[str]: ...  # fmt: skip
 
     def workspace_settings(self, workspace_id: str) -> dict[str, Any]: ...
 
@@ -173,6 +178,9 @@ class Processor:
         self.state: dict[int, PartitionState] = {}
         self._timers: list[tuple[int, str]] = []  # heap of (due ms, profile id)
         self._scheduled: dict[str, int] = {}  # earliest due pushed per profile
+        # The next occurrence of each scheduled journey entry, per partition.
+        self._occurrences: dict[tuple[str, str, int], int] = {}
+        self._next_occurrence: int | None = None
         self._settings: dict[str, tuple[float, dict[str, IdentityType], bool]] = {}
         self._now = time.monotonic()
         self._begin_batch()
@@ -183,6 +191,8 @@ class Processor:
         self.state = self.store.load_partitions(self.partitions)
         for due, profile_id in self.store.timers(self.partitions):
             self._schedule(profile_id, due)
+        for workspace_id in self.store.workspace_ids():  # scheduled entries need no event
+            self._definitions_for(workspace_id)
 
     @property
     def offset(self) -> int:
@@ -190,7 +200,9 @@ class Processor:
         return min(s.offset for s in self.state.values())
 
     def next_timer_ms(self) -> int | None:
-        return self._timers[0][0] if self._timers else None
+        due = [d for d in (self._timers[0][0] if self._timers else None,
+                           self._next_occurrence) if d is not None]  # fmt: skip
+        return min(due, default=None)
 
     def counters(self) -> dict[str, int]:
         total: dict[str, int] = {}
@@ -227,6 +239,9 @@ class Processor:
         for entry, maybe_event, ids in decoded:
             state = self.state[entry.partition]
             state.stream_time_ms = max(state.stream_time_ms, entry.received_at_ms)
+            if self._next_occurrence is not None and (
+                    self._next_occurrence <= state.stream_time_ms):  # fmt: skip
+                self._fire_occurrences(entry.partition, state.stream_time_ms, entry.offset)
             if timers and timers[0][0] <= state.stream_time_ms:
                 self._fire_timers(entry.partition, state.stream_time_ms, entry.offset)
             if maybe_event is not None:
@@ -344,6 +359,7 @@ class Processor:
                 else:
                     compiled.append(one)
             self._journeys[workspace_id] = _live(workspace_id, journeys, messaging)
+            self._plan(workspace_id, None)
             hidden = [s for j in journeys for s in j.hidden]
             found = self._definitions[workspace_id] = Definitions(workspace_id,
                                                                   [*compiled, *hidden])  # fmt: skip
@@ -467,10 +483,76 @@ class Processor:
             progress("backfilling")
         self._definitions[ws] = new
         self._journeys[ws] = _live(ws, journeys, messaging)
+        self._plan(ws, now)
         self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
                             chosen.items()]  # fmt: skip
         self._commit()  # with the status: active
         self._count(entry.partition, "definitions_activated", len(chosen))
+
+    # -- scheduled entries -----------------------------------------------------------------
+
+    def _plan(self, workspace_id: str, after: int | None) -> None:
+        """The next occurrence of each scheduled entry of the workspace, per partition:
+        after ``after`` (an activation), else after the partition's committed stream time
+        (an occurrence not committed as fired comes again after a restart)."""
+        for key in [k for k in self._occurrences if k[0] == workspace_id]:
+            del self._occurrences[key]
+        journeys = self._journeys.get(workspace_id)
+        for journey in journeys.scheduled if journeys is not None else ():
+            assert journey.schedule is not None
+            for partition, state in self.state.items():
+                since = state.stream_time_ms if after is None else after
+                due = next_occurrence(journey.schedule, since)
+                if due is not None:
+                    self._occurrences[(workspace_id, journey.key, partition)] = due
+        self._next_occurrence = min(self._occurrences.values(), default=None)
+
+    def _fire_occurrences(self, partition: int, now: int, offset: int) -> None:
+        """Occurrences due on the partition by ``now``, in time order with the timers due
+        before each: the members of its segment enter (several occurrences of one schedule
+        missed while the log was idle make one, at the latest)."""
+        due: list[tuple[int, str, str]] = []
+        for (ws, key, p), first in list(self._occurrences.items()):
+            if p != partition or first > now:
+                continue
+            schedule = self._journeys_for(ws).journeys[key].schedule
+            assert schedule is not None
+            latest = first
+            while (following := next_occurrence(schedule, latest)) is not None and (
+                    following <= now):  # fmt: skip
+                latest = following
+            if following is None:
+                del self._occurrences[(ws, key, p)]
+            else:
+                self._occurrences[(ws, key, p)] = following
+            due.append((latest, ws, key))
+        self._next_occurrence = min(self._occurrences.values(), default=None)
+        for at, ws, key in sorted(due):
+            if self._timers and self._timers[0][0] <= at:
+                self._fire_timers(partition, at, offset)
+            journeys = self._journeys_for(ws)
+            self._enter_members(journeys, journeys.journeys[key], partition, at)
+
+    def _enter_members(self, journeys: Journeys, journey: Journey, partition: int,
+                       at: int) -> None:  # fmt: skip
+        """The members of the journey's segment on the partition enter it at ``at``, page
+        by page, each page committed (a restart goes on where it was: a run entered at this
+        occurrence is not entered again)."""
+        assert journey.entry.segment is not None
+        ws = journeys.workspace_id
+        self._commit()  # the memberships as of now are in the store
+        self._effects.count(ws, journey, "occurrences")
+        after = ""
+        while ids := self.store.segment_member_ids(ws, journey.entry.segment, (partition,),
+                                                   after, 2000):  # fmt: skip
+            self._load([i for i in ids if i not in self.profiles])
+            for profile_id in ids:
+                profile = self.profiles.get(profile_id)
+                if profile is not None:
+                    journeys.on_schedule(profile, journey, at, self._effects)
+                    self._after_journeys(profile, partition, at, 0)
+            after = ids[-1]
+            self._commit()
 
     # -- loading ---------------------------------------------------------------------------
 

@@ -40,7 +40,8 @@ _JOURNEY_FIELDS: Final = {"kind", "key", "name", "description", "status", "entry
 MESSAGING: Final = "messaging"  # the kind of the workspace's caps and quiet hours
 _MESSAGING_FIELDS: Final = {"kind", "key", "description", "caps", "quiet_hours"}
 _CLOCK: Final = re.compile(r"([01]\d|2[0-3]):([0-5]\d)")
-_ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition"}
+_ENTRY_FIELDS: Final = {"event", "where", "segment", "segment_exited", "api", "condition",
+                        "schedule"}  # fmt: skip
 _STEP_KINDS: Final = ("wait", "wait_until", "wait_for", "branch", "split", "action", "goto",
                       "exit")  # fmt: skip
 DAYS: Final = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
@@ -115,6 +116,8 @@ class Journey:
     # (start, end) in minutes of the day, and the time zone (None: the person's, else UTC)
     quiet: tuple[int, int, ZoneInfo | None] | None = None
     transactional: bool = False  # the workspace's caps and quiet hours do not apply
+    # entry on a schedule: the members of entry.segment at each occurrence enter then
+    schedule: Until | None = None
 
 
 @dataclass(slots=True)
@@ -188,6 +191,9 @@ def compile_journey(document: dict[str, Any], version: int) -> Journey:
         return segment_key
 
     entry, entry_segment = _trigger(document.get("entry"), "entry", condition, entry=True)
+    schedule = None
+    if "schedule" in document["entry"]:  # (a checked entry: an object)
+        schedule = _schedule(document["entry"]["schedule"], "entry.schedule")
     reentry, after = _reentry(document.get("reentry", "never"))
     goal = exit_ = None
     if "goal" in document:
@@ -201,7 +207,7 @@ def compile_journey(document: dict[str, Any], version: int) -> Journey:
         raise DefinitionError("transactional", f"{transactional!r} is not true or false")
     return Journey(key, version, document, status, entry, entry_segment, reentry, after, steps,
                    goal, exit_, hidden, _caps(document.get("caps", {})), quiet,
-                   transactional)  # fmt: skip
+                   transactional, schedule)  # fmt: skip
 
 
 def _until(raw: Any, path: str) -> Until:
@@ -227,6 +233,26 @@ def _until(raw: Any, path: str) -> Until:
     zone = _zone(spec["timezone"], f"{path}.timezone") if "timezone" in spec else None
     return Until(days=tuple(sorted({DAYS.index(d) for d in days})), start=times[0],
                  end=times[1], zone=zone)  # fmt: skip
+
+
+def _schedule(raw: Any, path: str) -> Until:
+    """``{at: "2026-12-24T09:00:00+01:00"}`` (once), or ``{days: [mon, …], time: "09:00",
+    timezone: Europe/Paris}`` (every such day at that time; days default to every day, the
+    time zone to UTC: one instant for everybody)."""
+    spec = _fields(raw, path, {"at", "days", "time", "timezone"})
+    if "at" in spec:
+        if len(spec) != 1:
+            raise DefinitionError(path, "at is alone, or days, time and timezone are used")
+        return _until({"at": spec["at"]}, path)
+    if "time" not in spec:
+        raise DefinitionError(path, "names at (once) or time (with days and timezone)")
+    days = spec.get("days", list(DAYS))
+    if not isinstance(days, list) or not days or any(d not in DAYS for d in days):
+        raise DefinitionError(f"{path}.days", f"{days!r} is not a list of {', '.join(DAYS)}")
+    minute = _minutes(spec["time"], f"{path}.time")
+    zone = _zone(spec.get("timezone", "UTC"), f"{path}.timezone")
+    return Until(days=tuple(sorted({DAYS.index(d) for d in days})), start=minute, end=minute,
+                 zone=zone)  # fmt: skip
 
 
 def _minutes(value: Any, path: str) -> int:
@@ -301,7 +327,7 @@ def _segment_key(value: Any, path: str) -> str:
 
 def _trigger(raw: Any, path: str, condition: Any,
              entry: bool = False) -> tuple[Trigger, str | None]:  # fmt: skip
-    allowed = _ENTRY_FIELDS if entry else _ENTRY_FIELDS - {"api"}
+    allowed = _ENTRY_FIELDS if entry else _ENTRY_FIELDS - {"api", "schedule"}
     spec = _fields(raw, path, allowed)
     kinds = [k for k in ("event", "segment", "segment_exited", "api") if k in spec]
     if not entry and "condition" in spec and not kinds:
@@ -312,6 +338,9 @@ def _trigger(raw: Any, path: str, condition: Any,
         raise DefinitionError(path, f"names exactly one of {what}")
     if "where" in spec and "event" not in spec:
         raise DefinitionError(f"{path}.where", "applies to an event only")
+    if "schedule" in spec and "segment" not in spec:
+        raise DefinitionError(f"{path}.schedule", "goes with segment: the members of the "
+                              "segment at each occurrence enter")  # fmt: skip
     if not entry and "condition" in spec:
         raise DefinitionError(f"{path}.condition", "is alone or not at all")
     found = Trigger(

@@ -69,8 +69,8 @@ class Journeys:
             if journey.entry.api:  # POST /v1/journeys/{key}/entries writes this event
                 self.by_event.setdefault(API_ENTRY, []).append(journey)
             for trigger in (journey.entry, journey.goal, journey.exit):
-                if trigger is None:
-                    continue
+                if trigger is None or (trigger is journey.entry and journey.schedule):
+                    continue  # (a scheduled entry reads its segment at each occurrence)
                 if trigger.event is not None:
                     self.by_event.setdefault(trigger.event, []).append(journey)
                 for key, entered in ((trigger.segment, True), (trigger.segment_exited, False)):
@@ -80,6 +80,8 @@ class Journeys:
                 if step.event is not None and step.event.event is not None:
                     self.by_event.setdefault(step.event.event, []).append(journey)
         self.empty = not self.journeys
+        self.scheduled = [j for j in self.journeys.values()
+                          if j.schedule is not None and j.status == "active"]  # fmt: skip
 
     # -- hooks ---------------------------------------------------------------------------
 
@@ -135,7 +137,7 @@ class Journeys:
                         self._end(profile, journey, run, "converted", t.at, effects)
                     elif _crossed(journey.exit, t):
                         self._end(profile, journey, run, "exited", t.at, effects)
-                elif _crossed(journey.entry, t):
+                elif journey.schedule is None and _crossed(journey.entry, t):
                     self._enter(profile, journey, t.at, effects)
 
     def on_timer(self, profile: Profile, now: int, effects: Effects) -> None:
@@ -160,6 +162,16 @@ class Journeys:
             # (an action held back by quiet hours is taken now, by _advance)
             self._advance(profile, journey, run, at, effects)
         self.schedule(profile)
+
+    def on_schedule(self, profile: Profile, journey: Journey, at: int, effects: Effects) -> None:
+        """An occurrence of a scheduled entry, for a member of its segment (once: a run
+        entered at this very occurrence is not entered again, after a restart say)."""
+        run = profile.journeys.get(journey.key)
+        if run is not None and run.entered == at:
+            return
+        if journey.entry.segment in profile.segments:
+            self._enter(profile, journey, at, effects)
+            self.schedule(profile)
 
     def on_merge(self, survivor: Profile, merged: Profile, now: int, effects: Effects) -> None:
         """Two people found to be one: per journey, a run in progress beats an ended one (of
@@ -398,6 +410,22 @@ def _quiet(quiet: tuple[int, int, ZoneInfo | None], profile: Profile, now: int) 
     day = local.date() if minute < end else local.date() + timedelta(days=1)
     ends = datetime.combine(day, dt_time(end // 60, end % 60), zone)
     return int(ends.timestamp() * 1000)
+
+
+def next_occurrence(schedule: Until, after: int) -> int | None:
+    """The first occurrence of a schedule strictly after ``after`` (None: no more)."""
+    if schedule.at is not None:
+        return schedule.at if schedule.at > after else None
+    zone = schedule.zone or ZoneInfo("UTC")
+    today = datetime.fromtimestamp(after / 1000, zone).date()
+    time_of_day = dt_time(schedule.start // 60, schedule.start % 60)
+    for offset in range(9):
+        day = today + timedelta(days=offset)
+        if day.weekday() in schedule.days:
+            at = int(datetime.combine(day, time_of_day, zone).timestamp() * 1000)
+            if at > after:
+                return at
+    return None
 
 
 def _opening(profile: Profile, until: Until, now: int) -> int:

@@ -155,6 +155,26 @@ class SqlProfileStore:
         with self.engine.connect() as conn:
             return list(conn.execute(query).scalars())
 
+    def workspace_ids(self) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(conn.execute(sa.select(workspaces.c.id).order_by(workspaces.c.id))
+                        .scalars())  # fmt: skip
+
+    def segment_member_ids(self, workspace_id: str, key: str, partitions: Sequence[int],
+                           after: str, limit: int) -> list[str]:  # fmt: skip
+        """The members of a segment whose profiles are on ``partitions``, in id order."""
+        m, c = segment_members.c, profiles.c
+        query = (
+            sa.select(m.profile_id)
+            .join(profiles, c.id == m.profile_id)
+            .where(m.workspace_id == workspace_id, m.key == key, m.profile_id > after,
+                   c.partition.in_(partitions), c.merged_into.is_(None))
+            .order_by(m.profile_id)
+            .limit(limit)
+        )  # fmt: skip
+        with self.engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     def count_profiles(self, workspace_id: str, partitions: Sequence[int]) -> int:
         c = profiles.c
         query = sa.select(sa.func.count()).where(
