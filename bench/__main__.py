@@ -12,6 +12,7 @@ from bench import (
     nodered,
     process,
     profiles,
+    push,
     segments,
     translate,
 )
@@ -23,6 +24,6 @@ if __name__ == "__main__":
         bench.main()
     sys.argv = [argv[0], *argv[1:]]
     ingest.main()
-    for bench in (e2e, profiles, segments, journeys, nodered):
+    for bench in (e2e, profiles, segments, journeys, nodered, push):
         sys.argv = [argv[0]]
         bench.main()

@@ -4,6 +4,7 @@ Run as its own process so that it does not share a GIL with the server it measur
 
     python -m bench.loadgen batch --port 8080 --seconds 10 --connections 8 --batch 100
     python -m bench.loadgen rate --port 8080 --seconds 10 --rate 2000 --connections 32
+    python -m bench.loadgen rate --port 8080 --rate 5000 --decide lobby-billboard --people 5000
 
 Prints one JSON object with the figures.
 """
@@ -31,6 +32,9 @@ EVENT = (
     '"context":{"library":{"name":"bench","version":"1"},"world":{"id":"paris-showroom",'
     '"scene":"main","zone":"sneakers"},"session_id":"s-%(u)d","platform":"webxr"}}'
 )
+
+DECIDE = ('{"placement":"%(p)s","userId":"user-%(u)d","context":{"world":"paris-showroom",'
+          '"zone":"lobby"}}')  # fmt: skip
 
 
 def batch_body(prefix: str, seq: int, size: int) -> bytes:
@@ -136,7 +140,10 @@ async def run_rate(args: argparse.Namespace) -> dict[str, object]:
             seq, scheduled = await queue.get()
             if seq < 0:
                 break
-            if batches is not None:
+            if args.decide:
+                body = DECIDE % {"p": args.decide, "u": seq % args.people}
+                writer.write(request_bytes("/v1/decide", body.encode(), auth))
+            elif batches is not None:
                 writer.write(request_bytes("/v1/batch", batches.body(seq), auth))
             else:
                 event = EVENT % {"u": seq % 5000, "id": f"{prefix}-{seq}", "o": seq % 40, "d": seq}
@@ -182,6 +189,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=2000)
     parser.add_argument("--per-request", type=int, default=1, help="rate mode: events per request")
     parser.add_argument("--path", default="/v1/batch")
+    parser.add_argument("--decide", default="", help="rate mode: decisions for this placement")
+    parser.add_argument("--people", type=int, default=5000, help="--decide: for user-0…N-1")
     parser.add_argument("--write-key", default=os.environ.get("WORLDFLOW_WRITE_KEY", "bench"))
     args = parser.parse_args()
     run = run_batch if args.mode == "batch" else run_rate

@@ -46,6 +46,11 @@ TRIAL = {"status": "active", "entry": {"event": "trial.started"},
          "steps": [{"wait": "1s"}, {"action": {"webhook": "crm"}}]}  # fmt: skip
 
 
+class _Listener(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 1024  # the default of 5 resets connections opened together
+
+
 class Counter:
     """A fast local receiver: counts webhooks, and distinct webhook ids."""
 
@@ -72,8 +77,7 @@ class Counter:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
+        self.httpd = _Listener(("127.0.0.1", 0), Handler)
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     @property

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,3 +23,7 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     assert "quarantined" in out.stdout
     assert "applied segment sneaker-fans" in out.stdout
     assert "segments, live" in out.stdout
+    # the concert journey's e-mail, sent by the dispatcher to the demo's mail sink
+    mails = re.search(r"(\d+) e-mails? received by the demo's mail sink", out.stdout)
+    assert mails is not None and int(mails[1]) >= 1, out.stdout
+    assert "Thanks for coming to the concert, " in out.stdout

@@ -37,6 +37,12 @@ Admin = Annotated[TokenRef, require("admin")]
 class NewSource(BaseModel):
     name: str = Field(min_length=1, max_length=200)
     kind: str = Field(default="http", pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+    world: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$",
+        description="a world's key: its events are of this world (context.world.id), and "
+        "its push channel (/v1/push) serves this world's people",
+    )
 
 
 class IdentityTypeChange(BaseModel):
@@ -127,8 +133,9 @@ async def list_sources(request: Request, token: Admin) -> dict[str, Any]:
 async def create_source(request: Request, body: NewSource, token: Admin) -> dict[str, Any]:
     """Create a source; the answer holds its write key, shown this once."""
     return await run_in_threadpool(
-        _services(request).store.create_source, token.workspace_id, body.name, body.kind
-    )
+        _services(request).store.create_source, token.workspace_id, body.name, body.kind,
+        body.world,
+    )  # fmt: skip
 
 
 @router.post("/tokens", status_code=201)

@@ -23,13 +23,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from worldflow import __version__, admin
 from worldflow.actions import api as actions_api
 from worldflow.collect import http as ingest_http
-from worldflow.collect import stream
+from worldflow.collect import push, stream
 from worldflow.collect.errors import ApiError
 from worldflow.config import Settings, load_settings
+from worldflow.decide import api as decide_api
 from worldflow.journeys import api as journeys_api
 from worldflow.log import LogError, LogOverloaded
 from worldflow.metrics import Metrics
 from worldflow.profiles import api as profiles_api
+from worldflow.scenes import api as scenes_api
 from worldflow.segments import api as segments_api
 from worldflow.services import Services, prepare
 
@@ -178,11 +180,14 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     app.include_router(ingest_http.router)
     app.include_router(stream.router)
+    app.include_router(push.router)
+    app.include_router(decide_api.router)
     app.include_router(admin.router)
     app.include_router(profiles_api.router)
     app.include_router(segments_api.router)
     app.include_router(actions_api.router)
     app.include_router(journeys_api.router)
+    app.include_router(scenes_api.router)
 
     # Browsers post to the ingest paths from any page of the brand's site or world.
     app.add_middleware(

@@ -139,7 +139,7 @@ def _serve_workers(settings: Settings, uvicorn_options: dict[str, Any]) -> None:
     processor = processor_process(settings, writer.address)
     if processor is not None:
         processor.start()
-    deliverer = deliverer_process(settings)
+    deliverer = deliverer_process(settings, writer.address)
     if deliverer is not None:
         deliverer.start()
     metrics_dir = settings.data_dir / "metrics"
@@ -215,10 +215,13 @@ def deliver(
             "public (repeat it; adds to webhook_allow)",
         ),
     ] = None,
-    concurrency: Annotated[int, typer.Option(min=1, help="Requests at once, overall")] = 64,
-    per_destination: Annotated[
-        int, typer.Option(min=1, help="Requests at once to one destination")
-    ] = 8,
+    concurrency: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Requests at once, overall (to each destination: its max_in_flight)",
+        ),
+    ] = 256,
     metrics_port: Annotated[
         int | None, typer.Option(help="Serve Prometheus metrics on 127.0.0.1 at this port")
     ] = None,
@@ -252,7 +255,7 @@ def deliver(
     console.print(f"delivering webhooks from {settings.store_url.split('@')[-1]}")
     try:
         run(settings.store_url, stop, allow=allowed, concurrency=concurrency,
-            per_destination=per_destination, metrics=metrics)  # fmt: skip
+            metrics=metrics)  # fmt: skip
     except DelivererBusyError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
@@ -334,6 +337,10 @@ def apply_command(
 journeys_app = typer.Typer(help="Journeys: simulate one on recorded history.",
                            no_args_is_help=True)  # fmt: skip
 app.add_typer(journeys_app, name="journeys")
+
+from worldflow.scenes.cli import scenes_app  # noqa: E402 - its commands import what they use
+
+app.add_typer(scenes_app, name="scenes")
 
 
 @journeys_app.command("simulate")

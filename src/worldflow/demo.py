@@ -3,28 +3,35 @@ and what Worldflow made of them: one profile per person, stitched across worlds 
 
 Run with ``python -m worldflow.demo [--avatars 1000] [--minutes 120] [--port 8080]
 [--data-dir .worldflow] [--no-wait]``. The traffic goes through the public Segment-compatible
-API, exactly as a world's SDK would send it (see ``worldflow.simulate``).
+API, exactly as a world's SDK would send it (see ``worldflow.simulate``). The journeys' webhooks
+go to a local CRM that verifies their signatures, their e-mails to a local mail sink (an SMTP
+server on a loopback port, set as the workspace's ``smtp`` settings).
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import email
+import email.policy
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
+from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console, Group
 from rich.live import Live
+from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
@@ -32,6 +39,10 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from worldflow.metrics import latency_quantiles
 from worldflow.segments.apply import apply
 from worldflow.simulate import DEFAULT_MODEL, SimulationReport, run
+
+if TYPE_CHECKING:
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import SMTP, Envelope, Session
 
 # Fixed, local-only demo secrets so the printed curl examples work.
 WRITE_KEY = "wk_demo_showroom"
@@ -109,12 +120,67 @@ class Receiver:
         return len(self.arrived)
 
 
+class MailSink:
+    """The demo's mail server: an SMTP server (aiosmtpd) on a free loopback port that keeps
+    each e-mail the dispatcher sends it once per Message-ID (delivery is at least once): to
+    whom, its subject and the first line of its text."""
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller  # a dev dependency, as make demo installs
+
+        self.arrived: dict[str, tuple[str, str, str]] = {}  # Message-ID → (to, subject, line)
+        self._lock = threading.Lock()
+        with socket.socket() as probe:  # aiosmtpd needs the port before it listens
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.controller: Controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+
+    @property
+    def smtp(self) -> dict[str, Any]:
+        """The workspace's ``smtp`` settings that send to this sink (clear text: loopback)."""
+        return {"host": "127.0.0.1", "port": self.port, "security": "none",
+                "from": "Worldflow showroom <journeys@showroom.example>"}  # fmt: skip
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        raw = envelope.original_content or b""
+        message = email.message_from_bytes(raw, policy=email.policy.default)
+        text = ""
+        if isinstance(message, EmailMessage):
+            body = message.get_body(("plain",))
+            text = str(body.get_content()) if isinstance(body, EmailMessage) else ""
+        line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+        with self._lock:
+            self.arrived.setdefault(str(message["Message-ID"]), (
+                ", ".join(envelope.rcpt_tos), str(message["Subject"] or ""), line))  # fmt: skip
+        return "250 OK: received by the demo's mail sink"
+
+    @property
+    def received(self) -> list[tuple[str, str, str]]:
+        with self._lock:
+            return list(self.arrived.values())
+
+    def stop(self) -> None:
+        self.controller.stop()
+
+
+def _mail_sink() -> MailSink | None:
+    try:
+        return MailSink()
+    except ImportError:
+        console.print("[yellow]no mail sink: the journeys' e-mails are not sent (pip install "
+                      "aiosmtpd, or make demo, installs it)[/yellow]")  # fmt: skip
+        return None
+
+
 class Dashboard:
     """The live view: what the simulator sent and what the server did with it."""
 
-    def __init__(self, url: str, receiver: Receiver | None = None) -> None:
+    def __init__(self, url: str, receiver: Receiver | None = None,
+                 mail: MailSink | None = None) -> None:  # fmt: skip
         self.url = url
         self.receiver = receiver
+        self.mail = mail
         self.report = SimulationReport()
         self.status: dict[str, Any] = {}
         self.metrics = ""
@@ -135,13 +201,15 @@ class Dashboard:
             pass  # the next refresh will do
 
     def waiting(self) -> bool:
-        """Whether runs still wait in a timed step of the cart journey, or its webhooks have
-        not all arrived."""
+        """Whether runs still wait in a timed step of the cart journey, or its webhooks or the
+        journeys' e-mails have not all arrived."""
         stats = self.journeys.get("cart-rescue", {}).get("stats", {})
         sent = stats.get("actions", {}).get("webhook", 0)
-        return bool(stats.get("at", {}).get("pause")) or (
-            self.receiver is not None and self.receiver.received < sent
-        )
+        mailed = sum(journey["stats"].get("actions", {}).get("email", 0)
+                     for journey in self.journeys.values())  # fmt: skip
+        return (bool(stats.get("at", {}).get("pause"))
+                or (self.receiver is not None and self.receiver.received < sent)
+                or (self.mail is not None and len(self.mail.received) < mailed))  # fmt: skip
 
     def render(self) -> Group:
         r = self.report
@@ -190,7 +258,9 @@ class Dashboard:
                              f"{sum(stats.get('at', {}).values()):,}",
                              f"{stats.get('converted', 0):,}", actions)  # fmt: skip
         received = self.receiver.received if self.receiver else 0
-        about = f"journeys, live · {received:,} signed webhooks received by the demo's CRM"
+        mails = len(self.mail.received) if self.mail else 0
+        about = (f"journeys, live · {received:,} signed webhooks at the CRM, {mails:,} "
+                 f"e-mail{'' if mails == 1 else 's'} at the mail sink")  # fmt: skip
         return Group(
             Panel(table, title="Worldflow demo: two simulated hours across three worlds"),
             Panel(segments, title=title),
@@ -272,6 +342,17 @@ def _show_person(person: dict[str, Any]) -> None:
     console.print(table)
 
 
+def _show_mail(mail: MailSink, shown: int = 5) -> None:
+    received = mail.received
+    count = f"{len(received):,} e-mail{'' if len(received) == 1 else 's'}"
+    console.print(f"\n[bold]{count} received by the demo's mail sink[/bold] "
+                  f"(smtp://127.0.0.1:{mail.port})")  # fmt: skip
+    for to, subject, line in received[:shown]:
+        console.print(f"  [bold]{escape(subject)}[/bold] (to {escape(to)})\n    {escape(line)}")
+    if len(received) > shown:
+        console.print(f"  … and {len(received) - shown:,} more")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("WORLDFLOW_PORT", "8080")))
@@ -283,13 +364,18 @@ def main() -> None:
     url = f"http://127.0.0.1:{args.port}"
     with console.status("starting the Worldflow server…"):
         server = _start_server(args, url)
+    mail: MailSink | None = None
     try:
         receiver = Receiver()
         _put(f"{url}/v1/destinations/crm", {"url": receiver.url, "secret": receiver.secret})
+        mail = _mail_sink()
+        if mail is not None:  # the other settings stay as they are
+            settings = {**_get(f"{url}/v1/settings"), "smtp": mail.smtp}
+            _put(f"{url}/v1/settings", settings)
         for answer in apply(SEGMENTS, url, ADMIN_TOKEN):
             console.print(f"applied {answer['kind']} [bold]{answer['key']}[/bold] "
                           f"version {answer['version']}")  # fmt: skip
-        dashboard = Dashboard(url, receiver)
+        dashboard = Dashboard(url, receiver, mail)
         done = threading.Event()
 
         def simulate() -> None:
@@ -308,8 +394,9 @@ def main() -> None:
                 live.update(dashboard.render())
             _wait_processed(url)
             # The journeys' waits run on the log's clock (real time): let the ones the traffic
-            # started finish, and their webhooks arrive.
+            # started finish, and their webhooks and e-mails arrive.
             deadline = time.monotonic() + 30
+            dashboard.refresh()  # a short simulation may end before the first refresh
             while time.monotonic() < deadline and dashboard.waiting():
                 time.sleep(0.5)
                 dashboard.refresh()
@@ -323,6 +410,8 @@ def main() -> None:
         if person is not None:
             console.print()
             _show_person(person)
+        if mail is not None:
+            _show_mail(mail)
         quarantine = _get(f"{url}/v1/quarantine?limit=2")["items"]
         for item in quarantine:
             reasons = "; ".join(f"{e['field']}: {e['message']}" for e in item["errors"])
@@ -355,6 +444,8 @@ def main() -> None:
         if server.poll() is None:
             server.send_signal(signal.SIGTERM)
             server.wait(30)
+        if mail is not None:
+            mail.stop()
 
 
 if __name__ == "__main__":

@@ -34,6 +34,15 @@ from typing import Any, Protocol
 
 import msgspec
 
+from worldflow.decide import learn
+from worldflow.decide.definition import (
+    OFFER,
+    PLACEMENT,
+    Offer,
+    Placement,
+    compile_offer,
+    compile_placement,
+)
 from worldflow.events.catalogue import Catalogue, EventSpec
 from worldflow.events.model import LoggedEvent, decode_logged
 from worldflow.identity.types import Identity, IdentityType, identities_of, identity_types
@@ -50,7 +59,12 @@ from worldflow.privacy import gate
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Session
 from worldflow.segments import backfill
-from worldflow.segments.definition import Definition, DefinitionError, compile_definition
+from worldflow.segments.definition import (
+    Definition,
+    DefinitionError,
+    Segment,
+    compile_definition,
+)
 from worldflow.segments.incremental import SYSTEM_SOURCE, Definitions, Transition, membership_record
 
 log = logging.getLogger(__name__)
@@ -171,6 +185,7 @@ class Processor:
         self.max_identities = max_identities
         self.emit = emit  # membership events go to the log (not in replay: they are there)
         self._definitions: dict[str, Definitions] = {}
+        self._offers: dict[str, dict[str, Offer]] = {}  # their conditions: hidden segments
         self._journeys: dict[str, Journeys] = {}
         # Hot state, in least-recently-used order (dicts keep insertion order).
         self.profiles: dict[str, Profile] = {}
@@ -344,6 +359,7 @@ class Processor:
         if found is None:
             compiled: list[Definition] = []
             journeys: list[Journey] = []
+            offers: dict[str, Offer] = {}
             messaging = None
             for version, document in self.store.active_definitions(workspace_id):
                 try:
@@ -356,11 +372,14 @@ class Processor:
                     journeys.append(one)
                 elif isinstance(one, Messaging):
                     messaging = one
-                else:
+                elif isinstance(one, Offer):
+                    offers[one.key] = one
+                elif not isinstance(one, Placement):  # (placements are the decide API's)
                     compiled.append(one)
             self._journeys[workspace_id] = _live(workspace_id, journeys, messaging)
+            self._offers[workspace_id] = offers
             self._plan(workspace_id, None)
-            hidden = [s for j in journeys for s in j.hidden]
+            hidden = _hidden(journeys, offers)
             found = self._definitions[workspace_id] = Definitions(workspace_id,
                                                                   [*compiled, *hidden])  # fmt: skip
         return found
@@ -424,10 +443,13 @@ class Processor:
                         *(c for c in compiled if isinstance(c, Journey))]  # fmt: skip
             messaging = next((c for c in compiled if isinstance(c, Messaging)),
                              old_journeys.messaging)  # fmt: skip
+            offers = {**{k: o for k, o in self._offers.get(ws, {}).items()
+                         if (OFFER, k) not in chosen},
+                      **{c.key: c for c in compiled if isinstance(c, Offer)}}  # fmt: skip
             new = Definitions(ws, [
                 *(d for d in old.all() if (d.kind, d.key) not in chosen and not is_hidden(d.key)),
-                *(c for c in compiled if not isinstance(c, Journey | Messaging)),
-                *(s for j in journeys for s in j.hidden)])  # fmt: skip
+                *(c for c in compiled if isinstance(c, Definition)),
+                *_hidden(journeys, offers)])  # fmt: skip
         except DefinitionError:
             log.exception("definitions %s of %s do not compile; not activated", sorted(chosen),
                           ws)  # fmt: skip
@@ -443,7 +465,7 @@ class Processor:
                 self.store.lookup_identities, self._settings_for(ws)[0], self.catalogue,
             )  # fmt: skip
         keys = {key for kind, key in chosen if kind == "segment"}
-        keys.update(s.key for c in compiled if isinstance(c, Journey) for s in c.hidden)
+        keys.update(s.key for c in compiled if isinstance(c, Journey | Offer) for s in c.hidden)
         keys.update(k for score in scores for k in new.score_readers.get(score, ()))
         keys.update(k for b in todo.behaviours for k in new.readers.get(b.id, ()))
         now = self.state[entry.partition].stream_time_ms
@@ -456,7 +478,7 @@ class Processor:
 
         progress("backfilling")
         log.info("activating %d definitions of %s over %d profiles", len(chosen), ws, total)
-        only_policy = all(kind == MESSAGING for kind, _ in chosen)  # no profile to compute
+        only_policy = all(kind in (MESSAGING, PLACEMENT) for kind, _ in chosen)  # nothing to do
         while not only_policy and (ids := self.store.profile_ids(ws, self.partitions, after,
                                                                   2000)):  # fmt: skip
             self._load([i for i in ids if i not in self.profiles])
@@ -483,6 +505,7 @@ class Processor:
             progress("backfilling")
         self._definitions[ws] = new
         self._journeys[ws] = _live(ws, journeys, messaging)
+        self._offers[ws] = offers
         self._plan(ws, now)
         self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
                             chosen.items()]  # fmt: skip
@@ -841,6 +864,8 @@ class Processor:
                 model.zone(world, name, properties, at)
             elif name == "order.completed":
                 model.order(world, properties)
+            elif name in learn.EVENTS:
+                learn.observe(profile, name, properties, at, self._effects.decisions)
         recent = profile.recent
         recent.append(model.Recent(
             entry.offset, event.message_id, event.type, at, name, world_id,
@@ -961,12 +986,24 @@ def _definition_runs(decoded: Sequence[tuple[LogEntry, Any, Any]]) -> dict[int, 
     return runs
 
 
-def _compile(document: dict[str, Any], version: int) -> Definition | Journey | Messaging:
-    if document.get("kind") == "journey":
+def _compile(document: dict[str, Any],
+             version: int) -> Definition | Journey | Messaging | Offer | Placement:  # fmt: skip
+    kind = document.get("kind")
+    if kind == "journey":
         return compile_journey(document, version)
-    if document.get("kind") == MESSAGING:
+    if kind == MESSAGING:
         return compile_messaging(document, version)
+    if kind == OFFER:
+        return compile_offer(document, version)
+    if kind == PLACEMENT:
+        return compile_placement(document, version)
     return compile_definition(document, version)
+
+
+def _hidden(journeys: list[Journey], offers: dict[str, Offer]) -> list[Segment]:
+    """The hidden segments of journeys' and offers' conditions."""
+    return [*(s for j in journeys for s in j.hidden), *(s for o in offers.values()
+                                                        for s in o.hidden)]  # fmt: skip
 
 
 def _live(workspace_id: str, journeys: list[Journey], messaging: Messaging | None) -> Journeys:

@@ -52,6 +52,22 @@ class Metrics:
             "worldflow_stream_connections", "Open WebSocket stream connections", registry=r,
             multiprocess_mode="livesum",
         )  # fmt: skip
+        self.push_connections = Gauge(
+            "worldflow_push_connections", "Open world push channel connections", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.push_actions = Counter(
+            "worldflow_push_actions", "In-world actions sent, acknowledged, parked or expired",
+            ["outcome"], registry=r,
+        )  # fmt: skip
+        self.decisions = Counter(
+            "worldflow_decisions", "Decisions answered, by strategy (fallback_error: the store "
+            "was slow or failing)", ["strategy"], registry=r,
+        )  # fmt: skip
+        self.push_latency = Histogram(
+            "worldflow_push_latency_seconds", "From an in-world action's decision to its send",
+            registry=r, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+        )  # fmt: skip
 
         # Read from the processor's committed state at each scrape (it runs in its own process).
         self.processor_offset = Gauge(
@@ -91,18 +107,27 @@ class Metrics:
 
 
 def latency_quantiles(
-    metrics_text: str, route: str, quantiles: tuple[float, ...] = (0.5, 0.99)
+    metrics_text: str,
+    route: str,
+    quantiles: tuple[float, ...] = (0.5, 0.99),
+    since: str | None = None,
 ) -> list[float]:
     """Quantiles in ms of one route's 200 answers, from the exposition text of the request
-    latency histogram (interpolated linearly within buckets, as Prometheus does)."""
-    buckets: list[tuple[float, float]] = []
-    for line in metrics_text.splitlines():
-        if line.startswith("worldflow_http_request_duration_seconds_bucket") and (
-            f'route="{route}"' in line and 'status="200"' in line
-        ):
-            le = line.split('le="')[1].split('"')[0]
-            buckets.append((float(le), float(line.rsplit(" ", 1)[1])))
-    buckets.sort()
+    latency histogram (interpolated linearly within buckets, as Prometheus does); with
+    ``since`` (an earlier text), of the answers between the two."""
+
+    def counts(text: str) -> dict[float, float]:
+        found: dict[float, float] = {}
+        for line in text.splitlines():
+            if line.startswith("worldflow_http_request_duration_seconds_bucket") and (
+                f'route="{route}"' in line and 'status="200"' in line
+            ):
+                le = line.split('le="')[1].split('"')[0]
+                found[float(le)] = float(line.rsplit(" ", 1)[1])
+        return found
+
+    before = counts(since) if since is not None else {}
+    buckets = sorted((le, n - before.get(le, 0.0)) for le, n in counts(metrics_text).items())
     total = buckets[-1][1] if buckets else 0.0
 
     def quantile(q: float) -> float:

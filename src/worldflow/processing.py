@@ -36,7 +36,7 @@ from worldflow.store.sql import create_store_engine
 log = logging.getLogger(__name__)
 
 POLL_S = 0.01  # idle poll interval: bounds the added end-to-end latency
-GATHER_S = 0.02  # after a small batch, let the next one gather: fewer commits under load
+GATHER_S = 0.01  # after a small batch, let the next one gather: fewer commits under load
 TICK_AFTER_MS = 100  # an idle log gets a tick once a timer is this overdue (bounds timer lag)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -11,17 +12,21 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
+from worldflow.actions.inworld import Pusher, worker_id
 from worldflow.collect.auth import Authenticator
 from worldflow.collect.ingest import Ingestor
 from worldflow.config import Settings
+from worldflow.decide.engine import Decider, DecisionLog
 from worldflow.events.catalogue import Catalogue
 from worldflow.events.cloudevents import CloudEventsTranslator
+from worldflow.events.model import Event
 from worldflow.events.segment import SegmentTranslator
 from worldflow.log.sql import SqlEventLog
 from worldflow.log.writer import WriterProcess
 from worldflow.metrics import Metrics
 from worldflow.processing import ProcessorProcess
 from worldflow.store.definitions import SqlDefinitionStore
+from worldflow.store.presence import PresenceStore
 from worldflow.store.profiles import SqlProfileStore
 from worldflow.store.sql import Bootstrap, SqlStore
 
@@ -29,6 +34,16 @@ if TYPE_CHECKING:
     from worldflow.actions.deliver import DelivererProcess
 
 log = logging.getLogger(__name__)
+
+
+async def _append_decisions(ingestor: Ingestor, events: list[Event]) -> None:
+    """``decision.served`` events into the log, per workspace and source."""
+    groups: dict[tuple[str, str], list[Event]] = {}
+    for event in events:
+        groups.setdefault((event.workspace_id, event.source_id), []).append(event)
+    for (workspace_id, source_id), group in groups.items():
+        await ingestor.ingest(group, workspace_id=workspace_id, source_id=source_id,
+                              channel="decide", received_at=group[-1].received_at)  # fmt: skip
 
 
 def _stop_process(reason: str) -> None:
@@ -65,13 +80,15 @@ def processor_process(settings: Settings, writer_address: str) -> ProcessorProce
     return ProcessorProcess(settings.store_url, (0,), writer_address, processor_options(settings))
 
 
-def deliverer_process(settings: Settings) -> DelivererProcess | None:
-    """The embedded webhook dispatcher, unless it runs on its own."""
+def deliverer_process(settings: Settings, writer_address: str) -> DelivererProcess | None:
+    """The embedded webhook dispatcher, unless it runs on its own; it appends circuit changes
+    to the log through the writer at ``writer_address``."""
     if not settings.deliver:
         return None
     from worldflow.actions.deliver import DelivererProcess  # its HTTP client: not in workers
 
-    return DelivererProcess(settings.store_url, {"allow": settings.webhook_allow})
+    return DelivererProcess(settings.store_url, {"allow": settings.webhook_allow,
+                                                 "log_address": writer_address})  # fmt: skip
 
 
 def processor_options(settings: Settings) -> dict[str, Any]:
@@ -99,6 +116,9 @@ class Services:
     cloudevents: CloudEventsTranslator
     profiles: SqlProfileStore
     definitions: SqlDefinitionStore
+    pusher: Pusher
+    decider: Decider
+    decision_log: DecisionLog
     writer: WriterProcess | None = None  # owned by this process when it is the only worker
     processor: ProcessorProcess | None = None  # likewise
     deliverer: DelivererProcess | None = None  # likewise
@@ -124,28 +144,34 @@ class Services:
             on_lost=_stop_process,
         )
         catalogue = Catalogue.default()
+        ingestor = Ingestor(log, metrics)
         return cls(
             settings=settings,
             store=store,
             log=log,
             metrics=metrics,
             auth=Authenticator(store),
-            ingestor=Ingestor(log, metrics),
+            ingestor=ingestor,
             segment=SegmentTranslator(
                 catalogue, settings.max_message_bytes, settings.max_future_skew_s
             ),
             cloudevents=CloudEventsTranslator(catalogue),
             profiles=SqlProfileStore(store.engine),
             definitions=SqlDefinitionStore(store.engine),
+            pusher=Pusher(PresenceStore(store.engine, worker_id()), metrics),
+            decider=Decider(store.engine, catalogue),
+            decision_log=DecisionLog(functools.partial(_append_decisions, ingestor)),
             writer=writer,
             processor=processor_process(settings, address) if writer is not None else None,
-            deliverer=deliverer_process(settings) if writer is not None else None,
+            deliverer=deliverer_process(settings, address) if writer is not None else None,
         )
 
     async def start(self) -> None:
         if self.writer is not None:
             await run_in_threadpool(self.writer.start)
         await self.log.start()
+        self.pusher.start()
+        self.decision_log.start()
         # The processor and the dispatcher start side by side: each waits for its own child.
         await asyncio.gather(
             *(
@@ -159,6 +185,8 @@ class Services:
     async def close(self) -> None:
         """Let the log writer commit what it holds, then release the store."""
         self.ready = False
+        await self.pusher.stop()
+        await self.decision_log.stop()
         await self.log.close()
         if self.deliverer is not None:
             await run_in_threadpool(self.deliverer.stop)

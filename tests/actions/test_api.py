@@ -52,6 +52,14 @@ def store(store_url: str) -> Iterator[SqlDeliveryStore]:
          "headers.webhook-signature", "is set by Worldflow"),
         ({"url": "http://127.0.0.1/x", "timeout_ms": 10}, "timeout_ms", "greater than or equal"),
         ({"url": "http://127.0.0.1/x", "rate_per_s": 0}, "rate_per_s", "greater than 0"),
+        ({"url": "http://127.0.0.1/x", "max_in_flight": 0}, "max_in_flight",
+         "greater than or equal to 1"),
+        ({"url": "http://127.0.0.1/x", "max_in_flight": 257}, "max_in_flight",
+         "less than or equal to 256"),
+        ({"url": "http://127.0.0.1/x", "max_in_flight": "32"}, "max_in_flight",
+         "valid integer"),
+        ({"url": "http://127.0.0.1/x", "max_in_flight": 2.5}, "max_in_flight",
+         "valid integer"),
         ({"url": "http://127.0.0.1/x", "colour": "red"}, "colour", "Extra inputs"),
         ({}, "url", "Field required"),
     ],
@@ -117,6 +125,10 @@ def test_the_secret_is_shown_once_and_deliveries_fail_replay_and_arrive(
         assert all(secret not in a.text and "secret" not in a.json() for a in shown)
         view = shown[0].json()
         assert view["circuit"]["state"] == "closed" and view["headers"] == {"X-Team": "crm"}
+        assert view["max_in_flight"] == 32  # the default
+        wider = admin.put("/v1/destinations/crm", json={**body, "max_in_flight": 100})
+        assert wider.status_code == 200 and wider.json()["max_in_flight"] == 100
+        assert admin.get("/v1/destinations/crm").json()["max_in_flight"] == 100
         assert shown[1].json()["destinations"][0]["id"] == "crm"
 
         # The journeys write these in the processor's transaction.

@@ -85,12 +85,11 @@ def test_many_deliveries_to_several_destinations_arrive_once_each(
 ) -> None:
     secret = new_secret()
     with Receiver(secret) as a, Receiver(secret) as b:
-        put(store, "a", a.url, secret=secret)
-        put(store, "b", b.url, secret=secret)
+        put(store, "a", a.url, secret=secret, max_in_flight=4)
+        put(store, "b", b.url, secret=secret, max_in_flight=4)
         ids = [f"wh_{i:03}" for i in range(150)]
         add(store, *(action(i, "a" if n % 3 else "b") for n, i in enumerate(ids)))
-        with dispatching(store_url, allow=LOCAL, policy=FAST, concurrency=16,
-                         per_destination=4):  # fmt: skip
+        with dispatching(store_url, allow=LOCAL, policy=FAST, concurrency=16):
             wait_for(lambda: delivered(store, *ids), timeout=30)
     received = a.ids() + b.ids()
     assert sorted(received) == ids
@@ -157,11 +156,10 @@ def test_the_circuit_opens_skips_probes_and_closes(lite: SqlDeliveryStore, sqlit
     changes: list[tuple[str, str, str, str]] = []
     ids = [f"wh_{i}" for i in range(6)]
     with Receiver(secret, answers(500, 500, 500, 500)) as receiver:
-        put(lite, "crm", receiver.url, secret=secret)
+        put(lite, "crm", receiver.url, secret=secret, max_in_flight=1)
         add(lite, *(action(i) for i in ids))
         breaker = BreakerPolicy(threshold=3, cooldown_s=1.0, max_cooldown_s=2.0)
         with dispatching(sqlite_url, allow=LOCAL, policy=FAST, breaker=breaker,
-                         per_destination=1,
                          on_circuit=lambda *change: changes.append(change)):  # fmt: skip
             circuit = wait_for(lambda: (d := lite.get_destination("default", "crm"))
                                and d["circuit_state"] == "open" and d)  # fmt: skip
@@ -225,15 +223,14 @@ def test_a_destination_that_never_answers_does_not_delay_a_healthy_one(
 ) -> None:
     secret = new_secret()
     with black_hole() as nowhere, Receiver(secret) as healthy:
-        put(lite, "slow", nowhere, secret=secret, timeout_ms=3000)
-        put(lite, "fast", healthy.url, secret=secret)
+        put(lite, "slow", nowhere, secret=secret, timeout_ms=3000, max_in_flight=4)
+        put(lite, "fast", healthy.url, secret=secret, max_in_flight=4)
         slow = [action(f"slow_{i:02}", "slow") for i in range(16)]  # older: first in line
         add(lite, *slow)
         fast = [f"fast_{i:02}" for i in range(16)]
         add(lite, *(action(i, "fast") for i in fast))
         began = time.monotonic()
-        with dispatching(sqlite_url, allow=LOCAL, policy=FAST, concurrency=8,
-                         per_destination=4, drain_s=0.2):  # fmt: skip
+        with dispatching(sqlite_url, allow=LOCAL, policy=FAST, concurrency=8, drain_s=0.2):
             wait_for(lambda: delivered(lite, *fast))
             took = time.monotonic() - began
             stuck = [rows(lite)[r["id"]] for r in slow]
@@ -351,3 +348,36 @@ def test_the_circuit_hook_may_be_a_coroutine(lite: SqlDeliveryStore, sqlite_url:
             wait_for(lambda: seen)
     assert seen == [("default", "crm", "closed", "open")]
     assert len(receiver.received) == 1
+
+
+def test_a_destination_has_at_most_its_max_in_flight_on_kept_alive_connections(
+    lite: SqlDeliveryStore, sqlite_url: str
+) -> None:
+    secret = new_secret()
+    lock = threading.Lock()
+    now = peak = 0
+    connections: set[int] = set()  # the receiver serves each connection on a thread of its own
+
+    def answer(_n: int, _request: Received) -> tuple[int, dict[str, str], bytes]:
+        nonlocal now, peak
+        with lock:
+            now += 1
+            peak = max(peak, now)
+            connections.add(threading.get_ident())
+        time.sleep(0.15)
+        with lock:
+            now -= 1
+        return 204, {}, b""
+
+    for limit, count in ((3, 12), (12, 36)):
+        with Receiver(secret, answer) as receiver:
+            put(lite, "crm", receiver.url, secret=secret, max_in_flight=limit)
+            ids = [f"wh_{limit}_{i:02}" for i in range(count)]
+            add(lite, *(action(i) for i in ids))
+            with dispatching(sqlite_url, allow=LOCAL, policy=FAST):
+                wait_for(lambda ids=ids: delivered(lite, *ids))  # type: ignore[misc]
+            assert sorted(receiver.ids()) == ids
+        assert peak == limit  # and not the 8 it used to be for every destination
+        assert len(connections) == limit  # each reused for the next request
+        peak = 0
+        connections.clear()

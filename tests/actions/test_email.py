@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import trustme
 from aiosmtpd.controller import Controller
 
 from tests.actions.receiver import add, dispatching, row, wait_for
@@ -216,6 +217,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 
 SMTP = {"host": "smtp.example.com", "from": "journeys@example.com"}
+CA = trustme.CA()
+CA_PEM = CA.cert_pem.bytes().decode()
 
 
 @pytest.mark.parametrize(
@@ -234,6 +237,12 @@ SMTP = {"host": "smtp.example.com", "from": "journeys@example.com"}
          "in clear"),
         ({**SMTP, "password": "p"}, "smtp.username", "required with a password"),
         ({**SMTP, "password": MASK, "username": "u"}, "smtp.password", "none is stored"),
+        ({**SMTP, "ca_pem": "my CA"}, "smtp.ca_pem", "is not PEM text of certificates"),
+        ({**SMTP, "ca_pem": CA_PEM.replace("MII", "mii", 1)}, "smtp.ca_pem", "is not PEM text"),
+        ({**SMTP, "ca_pem": CA_PEM + CA.private_key_pem.bytes().decode()}, "smtp.ca_pem",
+         "contains a private key"),
+        ({**SMTP, "ca_pem": CA_PEM, "security": "none"}, "smtp.ca_pem",
+         "security 'none' has no TLS"),
     ],
 )  # fmt: skip
 def test_invalid_smtp_settings_name_the_field(
@@ -284,3 +293,12 @@ def test_the_smtp_password_is_never_shown_and_kept_when_sent_back(
             assert "smtp" not in admin.get("/v1/settings").json()
     finally:
         sql.close()
+
+
+def test_a_private_ca_is_stored_and_shown(server: ServerProcess) -> None:
+    with server.admin() as admin:
+        put = admin.put("/v1/settings", json={"smtp": {**SMTP, "ca_pem": CA_PEM}})
+        assert put.status_code == 200, put.text
+        assert admin.get("/v1/settings").json()["smtp"]["ca_pem"] == CA_PEM
+        blank = admin.put("/v1/settings", json={"smtp": {**SMTP, "ca_pem": " "}}).json()
+        assert "ca_pem" not in blank["smtp"]  # blank: the system's CAs

@@ -35,7 +35,7 @@ nft.claimed nft.transferred loyalty.points_changed quest.completed content.impre
 content.interacted decision.served experiment.exposed event.registered event.checked_in
 event.left event.reaction event.question_asked chat.message_sent agent.conversation_started
 agent.conversation_ended agent.intent_detected lead.captured survey.answered perf.sample
-error.raised telemetry.pose_batch telemetry.gaze_batch
+error.raised telemetry.pose_batch telemetry.gaze_batch destination.circuit_changed
 """.split()  # noqa: SIM905 - the word list reads like VOCABULARY.md; 49 quoted lines would not
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "CATALOGUE.md"

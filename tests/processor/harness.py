@@ -9,6 +9,7 @@ from typing import Any
 import msgspec
 import sqlalchemy as sa
 
+from worldflow.decide.definition import validate_offer, validate_placement
 from worldflow.engine import TICK_WORKSPACE, Processor, tick_record_body
 from worldflow.events.catalogue import Catalogue
 from worldflow.events.model import Event, encode_event
@@ -76,8 +77,9 @@ class Harness:
 
     def apply(self, document: dict[str, Any]) -> int:
         """Store a definition and put its activation in the log, as the API does."""
-        check = {"journey": journey, "messaging": validate_messaging}.get(document.get("kind"),
-                                                                          validate)  # fmt: skip
+        check = {"journey": journey, "messaging": validate_messaging, "offer": validate_offer,
+                 "placement": validate_placement}.get(document.get("kind"),
+                                                      validate)  # fmt: skip
         checked = check(document)
         version, changed = self.definitions.put(self.workspace, checked)
         if changed:

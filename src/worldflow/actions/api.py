@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from worldflow.actions.webhooks import (
+    MAX_IN_FLIGHT,
     MAX_RATE_PER_S,
     MAX_TIMEOUT_MS,
     MIN_TIMEOUT_MS,
@@ -32,7 +33,7 @@ from worldflow.actions.webhooks import (
 )
 from worldflow.admin import Admin, _services
 from worldflow.collect.errors import ApiError
-from worldflow.store.deliveries import SqlDeliveryStore
+from worldflow.store.deliveries import DEFAULT_MAX_IN_FLIGHT, SqlDeliveryStore
 
 router = APIRouter(prefix="/v1", tags=["webhooks"])
 DESTINATION_ID = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
@@ -52,6 +53,10 @@ class DestinationBody(BaseModel):
     headers: dict[str, str] = Field(default_factory=dict, description="extra request headers")
     timeout_ms: int = Field(default=5000, ge=MIN_TIMEOUT_MS, le=MAX_TIMEOUT_MS)
     rate_per_s: float | None = Field(default=None, gt=0, le=MAX_RATE_PER_S)
+    max_in_flight: int = Field(
+        default=DEFAULT_MAX_IN_FLIGHT, ge=1, le=MAX_IN_FLIGHT, strict=True,
+        description="requests sent to it at once, at most (each waits for its answer)",
+    )  # fmt: skip
     disabled: bool = False
 
 
@@ -128,6 +133,7 @@ def _destination_view(row: dict[str, Any]) -> dict[str, Any]:
         "headers": row["headers"],
         "timeout_ms": row["timeout_ms"],
         "rate_per_s": row["rate_per_s"],
+        "max_in_flight": row["max_in_flight"],
         "disabled": row["disabled"],
         "circuit": {
             "state": row["circuit_state"],
@@ -188,7 +194,8 @@ async def put_destination(
         lambda: _store(request).put_destination(
             token.workspace_id, destination_id, url=body.url, secret=body.secret,
             secret_if_new=new_secret(), headers=headers, timeout_ms=body.timeout_ms,
-            rate_per_s=body.rate_per_s, disabled=body.disabled,
+            rate_per_s=body.rate_per_s, max_in_flight=body.max_in_flight,
+            disabled=body.disabled,
         )
     )  # fmt: skip
     response.status_code = 201 if created else 200
@@ -228,7 +235,9 @@ async def delete_destination(request: Request, token: Admin, destination_id: str
 async def list_deliveries(
     request: Request,
     token: Admin,
-    state: Annotated[Literal["pending", "delivered", "dead"] | None, Query()] = None,
+    state: Annotated[
+        Literal["pending", "sent", "waiting", "delivered", "dead"] | None, Query()
+    ] = None,
     destination_id: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     before: Annotated[str | None, Query(description="next_before of the previous page")] = None,

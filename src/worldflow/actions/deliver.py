@@ -26,9 +26,23 @@ Semantics, for whoever writes a producer or a receiver:
   sent to it for 30 s (doubling at each re-open up to 10 min) and its pending deliveries wait
   for the reopening without an attempt being counted (those whose window ends before it are
   dead then and there); then one probe goes through (half-open), and its success closes the
-  circuit. Each change calls ``on_circuit``.
-- **Fairness.** Concurrency is bounded overall and per destination, each destination's due
-  deliveries are read on their own, and an optional rate limit (token bucket) applies per
+  circuit. Each change calls ``on_circuit`` (by default a log line) and, in ``worldflow
+  serve``, is appended to the workspace's event log as a ``destination.circuit_changed``
+  event (source ``_dispatcher``, no person; ``{destination, from, to, reopen_at}``). The
+  append never holds the dispatcher up: changes wait in a queue of at most 1,000 (beyond
+  that the oldest is dropped, counted and logged) and each turn sends what waits in one
+  append on a task of its own; one that fails or has no answer within 5 s is tried again
+  after a pause (1 s doubling up to a minute) with the same message ids, which the log
+  deduplicates. What is still queued when the dispatcher stops (after ``drain_s``) is lost,
+  and logged: the destination's row keeps the circuit's state. ``worldflow deliver`` alone
+  only logs the changes.
+- **Throughput and fairness.** Each destination has at most its ``max_in_flight`` requests
+  under way (32 unless set, at most 256), all destinations together at most
+  ``concurrency`` (256). Connections are kept alive and reused per origin (at most
+  ``concurrency`` idle ones each), on uvloop where it is installed, and a turn of the loop
+  records every outcome since the last one and the circuits in one transaction, then reads
+  the due rows of up to 50 destinations per query (one indexed range each, so a
+  destination's backlog costs the others nothing). An optional rate limit (token bucket) applies per
   destination: a destination that times out holds only its own slots.
 - **Where requests may go.** http and https only. Every connection resolves the host and
   refuses it if any address is private, loopback, link-local, multicast, reserved or
@@ -45,7 +59,7 @@ Semantics, for whoever writes a producer or a receiver:
   are retried; 5xx replies (550 mailbox unavailable…), a payload without a valid ``to``, a
   server without STARTTLS when ``starttls`` is asked, and a workspace without SMTP settings
   are dead at once, the reply or the reason in ``last_error``. A delivered e-mail's
-  ``last_status`` is 250. Concurrency per destination applies per workspace (key ``smtp``);
+  ``last_status`` is 250. At most ``mail_per_workspace`` (8) at once per workspace;
   no circuit breaker and no address guard (an admin set the host).
 - **One dispatcher per store**: a file lock beside an SQLite store, an advisory lock on
   PostgreSQL, as the processors' partitions are held.
@@ -57,30 +71,40 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import hashlib
 import inspect
 import logging
 import random
 import threading
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+import warnings
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, Final, TypeVar
+from typing import IO, Any, Final, Protocol, TypeVar
 
-import httpx
 import pydantic
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from worldflow.actions import smtp
-from worldflow.actions.http import BlockedAddressError, guarded_client
+from worldflow.actions.http import (
+    BlockedAddressError,
+    InvalidURLError,
+    RequestError,
+    WebhookClient,
+    guarded_client,
+)
 from worldflow.actions.webhooks import (
+    CIRCUIT_CHANGED,
     CLOSED,
     DEAD,
     DELIVERED,
+    DISPATCHER_SOURCE,
     HALF_OPEN,
     OPEN,
     AllowList,
@@ -102,8 +126,12 @@ from worldflow.actions.webhooks import (
     signed_headers,
 )
 from worldflow.children import child_stop, spawn_child, stop_child
+from worldflow.events.model import Event, encode_event
+from worldflow.log import LogError, LogRecord
+from worldflow.log.sql import SqlEventLog
 from worldflow.metrics import Metrics
 from worldflow.store.deliveries import (
+    DEFAULT_MAX_IN_FLIGHT,
     EMAIL,
     WEBHOOK,
     CircuitRow,
@@ -118,8 +146,8 @@ from worldflow.store.sql import create_store_engine, now_ms
 log = logging.getLogger(__name__)
 
 LOCK_KEY: Final = 0x57F2_0001  # PostgreSQL advisory lock (processors hold 0x57F1_0000 + n)
-READ_BODY_BYTES: Final = 64 * 1024  # of an answer: enough to keep the connection alive
 EXCERPT_BYTES: Final = 1024
+CONCURRENCY: Final = 256  # requests at once, to all destinations together
 
 _HELD = sa.text(
     "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted"
@@ -140,6 +168,125 @@ def log_circuit(workspace_id: str, destination_id: str, old: str, new: str) -> N
     level = logging.WARNING if new == OPEN else logging.INFO
     log.log(level, "destination %s of workspace %s: circuit %s → %s",
             destination_id, workspace_id, old, new)  # fmt: skip
+
+
+def circuit_event(workspace_id: str, destination_id: str, old: str, new: str,
+                  reopen_at_ms: int | None, at_ms: int) -> LogRecord:  # fmt: skip
+    """The log record of one circuit change: a ``destination.circuit_changed`` event of the
+    destination's workspace, naming no person. Its message id is a hash of the change, so an
+    append that is retried after all is deduplicated by the log."""
+    key = "\x1f".join((workspace_id, destination_id, old, new, str(at_ms)))
+    message_id = "cc_" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+    at = datetime.fromtimestamp(at_ms / 1000, UTC)
+    reopen_at = None
+    if reopen_at_ms is not None:
+        reopen_at = datetime.fromtimestamp(reopen_at_ms / 1000, UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")  # fmt: skip
+    event = Event(
+        message_id=message_id, workspace_id=workspace_id, source_id=DISPATCHER_SOURCE,
+        channel="internal", type="track", name=CIRCUIT_CHANGED, schema_version=1, tier=0,
+        timestamp=at, received_at=at,
+        properties={"destination": destination_id, "from": old, "to": new,
+                    "reopen_at": reopen_at},
+    )  # fmt: skip
+    return LogRecord(workspace_id, message_id, 0, at_ms, encode_event(event))
+
+
+class _Appender(Protocol):
+    """What :class:`CircuitEvents` needs of the log (:class:`SqlEventLog` has it)."""
+
+    @property
+    def running(self) -> bool: ...
+
+    async def append(self, records: Sequence[LogRecord]) -> Any: ...
+
+    async def close(self) -> None: ...
+
+
+class CircuitEvents:
+    """Circuit changes appended to their workspace's event log, off the dispatcher's path.
+
+    :meth:`add` only queues (at most ``capacity`` records; beyond that the oldest is dropped,
+    counted in ``dropped`` and logged). Each turn of the dispatcher calls :meth:`pump`, which
+    sends everything queued in one append, on a task of its own, unless one is under way. An
+    append that fails, or has no answer within ``timeout_s``, leaves its records queued and
+    is tried again after a pause (1 s, doubling up to a minute) with the same message ids,
+    so whatever the log did commit meanwhile is dropped as a duplicate. A slow or stopped log
+    therefore costs the dispatcher nothing but the queue's memory. ``connect`` opens the log
+    (again, once a connection is lost)."""
+
+    def __init__(self, connect: Callable[[], Awaitable[_Appender]], *, capacity: int = 1000,
+                 timeout_s: float = 5.0) -> None:  # fmt: skip
+        self.connect = connect
+        self.capacity = capacity
+        self.timeout_s = timeout_s
+        self.appended = 0
+        self.dropped = 0
+        self._log: _Appender | None = None
+        self._queue: deque[tuple[int, LogRecord]] = deque()
+        self._seq = 0
+        self._task: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._failures = 0
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def add(self, record: LogRecord) -> None:
+        if len(self._queue) >= self.capacity:
+            self._queue.popleft()
+            self.dropped += 1
+            log.warning("circuit changes wait for the event log: the oldest is dropped "
+                        "(%d dropped so far)", self.dropped)  # fmt: skip
+        self._seq += 1
+        self._queue.append((self._seq, record))
+
+    def pump(self) -> None:
+        """Send what is queued, unless a send is under way or waits for its retry."""
+        if self._task is not None or not self._queue or time.monotonic() < self._retry_at:
+            return
+        self._task = asyncio.create_task(self._send(list(self._queue)), name="circuit events")
+
+    async def _send(self, batch: list[tuple[int, LogRecord]]) -> None:
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                if self._log is not None and not self._log.running:  # the writer went away
+                    lost, self._log = self._log, None
+                    await lost.close()
+                if self._log is None:
+                    self._log = await self.connect()
+                await self._log.append([record for _, record in batch])
+        except Exception as exc:  # the log is down, behind, or gone: the records stay queued
+            self._failures += 1
+            pause = min(60.0, 2.0 ** (self._failures - 1))
+            self._retry_at = time.monotonic() + pause
+            log.warning("%d circuit change(s) not yet in the event log (%s); trying again in "
+                        "%g s", len(batch), str(exc) or type(exc).__name__, pause)  # fmt: skip
+            return
+        finally:
+            self._task = None
+        self._failures = 0
+        last = batch[-1][0]
+        while self._queue and self._queue[0][0] <= last:
+            self._queue.popleft()
+        self.appended += len(batch)
+
+    async def close(self, timeout_s: float) -> None:
+        """One last send of what is queued (within ``timeout_s``), then disconnect; what is
+        still queued is lost, and logged."""
+        self._retry_at = 0.0
+        if self._task is None:
+            self.pump()
+        if self._task is not None:
+            await asyncio.wait({self._task}, timeout=timeout_s)
+        if self._queue:
+            log.warning("%d circuit change(s) were not appended to the event log",
+                        len(self._queue))  # fmt: skip
+        if self._log is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._log.close(), timeout_s)
+            self._log = None
 
 
 class StoreLock:
@@ -255,6 +402,7 @@ class _Destination:
     key: bytes = b""
     headers: dict[str, str] = field(default_factory=dict)
     timeout_s: float = 5.0
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     disabled: bool = False
     refused: str | None = None  # why nothing can be sent to it (its URL or secret)
     bucket: TokenBucket | None = None
@@ -276,11 +424,11 @@ class Dispatcher:
     def __init__(
         self,
         store: SqlDeliveryStore,
-        client: httpx.AsyncClient,
+        client: WebhookClient,
         *,
         allow: AllowList | None = None,
-        concurrency: int = 64,
-        per_destination: int = 8,
+        concurrency: int = CONCURRENCY,
+        mail_per_workspace: int = 8,
         poll_s: float = 0.05,
         refresh_s: float = 1.0,
         sweep_s: float = 10.0,
@@ -292,14 +440,16 @@ class Dispatcher:
         drain_s: float = 10.0,
         lock: StoreLock | None = None,
         settings_s: float = 5.0,
+        events: CircuitEvents | None = None,
     ) -> None:
-        if concurrency < 1 or per_destination < 1:
-            raise ValueError("concurrency and per_destination must be at least 1")
+        if concurrency < 1 or mail_per_workspace < 1:
+            raise ValueError("concurrency and mail_per_workspace must be at least 1")
         self.store = store
         self.client = client
         self.allow = allow or AllowList()
         self.concurrency = concurrency
-        self.per_destination = per_destination
+        self.mail_per_workspace = mail_per_workspace
+        self.events = events
         self.poll_s = poll_s
         self.refresh_s = refresh_s
         self.sweep_s = sweep_s
@@ -312,6 +462,12 @@ class Dispatcher:
         self.lock = lock
         self.settings_s = settings_s
         self._db = ThreadPoolExecutor(1, thread_name_prefix="worldflow-deliver-db")
+        # What is due is read on a thread of its own, so that reading the next rows never
+        # waits behind the commit of the last outcomes (SQLite's WAL and PostgreSQL both let
+        # a reader go while a writer commits).
+        self._reader = ThreadPoolExecutor(1, thread_name_prefix="worldflow-deliver-read")
+        self._flushing: asyncio.Task[None] | None = None
+        self._flush_error: Exception | None = None
         # smtplib blocks: e-mails are sent on threads of their own, not the loop's default
         # executor (which resolves the webhooks' host names)
         self._mailer: ThreadPoolExecutor | None = None
@@ -336,6 +492,8 @@ class Dispatcher:
         failures = 0
         try:
             while not stop.is_set():
+                if self.events is not None:  # never waits: its sends run on a task of their own
+                    self.events.pump()
                 try:
                     now = time.monotonic()
                     if now >= next_refresh:
@@ -350,7 +508,7 @@ class Dispatcher:
                             log.warning("%d deliveries to unknown or disabled destinations "
                                         "are dead", ended)  # fmt: skip
                         next_sweep = now + self.sweep_s
-                    await self._flush()
+                    self._start_flush()
                     more = await self._launch()
                     failures = 0
                 except DelivererBusyError:
@@ -365,6 +523,7 @@ class Dispatcher:
         finally:
             await self._drain()
             self._db.shutdown(wait=True)
+            self._reader.shutdown(wait=True)
             if self._mailer is not None:  # a message cut short is sent again (same Message-ID)
                 self._mailer.shutdown(wait=False, cancel_futures=True)
 
@@ -390,10 +549,14 @@ class Dispatcher:
             await asyncio.gather(*cut, return_exceptions=True)
         if self._hooks:
             await asyncio.wait(set(self._hooks), timeout=self.drain_s)
+        if self._flushing is not None:
+            await asyncio.wait({self._flushing})
         try:
             await self._flush()
         except Exception:
             log.exception("could not record the last outcomes; those deliveries go out again")
+        if self.events is not None:
+            await self.events.close(self.drain_s)
 
     # -- destinations ---------------------------------------------------------------------
 
@@ -455,6 +618,11 @@ class Dispatcher:
             where = ".".join(str(p) for p in ("smtp", *first["loc"]))
             d.refused = f"the workspace's SMTP settings are invalid: {where}: {first['msg']}"
             return
+        problem = config.problem()  # settings stored without the API's checks
+        if problem is not None:
+            name, says = problem
+            d.refused = f"the workspace's SMTP settings are invalid: smtp.{name}: {says}"
+            return
         d.refused = None
         d.server = smtp.Server.of(config)
         d.timeout_s = d.server.timeout_s
@@ -473,6 +641,7 @@ class Dispatcher:
             d.refused = str(exc)
         d.headers = dict(row["headers"])
         d.timeout_s = max(0.001, row["timeout_ms"] / 1000)
+        d.max_in_flight = max(1, row["max_in_flight"])
         d.disabled = row["disabled"]
         rate = row["rate_per_s"]
         if rate is None or rate <= 0:
@@ -495,7 +664,8 @@ class Dispatcher:
         self._turn += 1
         wants: dict[str, list[Want]] = {WEBHOOK: [], EMAIL: []}
         for d in candidates[start:] + candidates[:start]:  # a different first one each turn
-            budget = min(free, self.per_destination - len(d.running))
+            limit = d.max_in_flight if d.channel == WEBHOOK else self.mail_per_workspace
+            budget = min(free, limit - len(d.running))
             admitted, change = d.circuit.admit(at)
             if change is not None:
                 self._changed(d, change)
@@ -511,7 +681,8 @@ class Dispatcher:
                 break
         if not any(wants.values()):
             return False
-        due = await self._call(self._due, wants, at)
+        loop = asyncio.get_running_loop()
+        due = await loop.run_in_executor(self._reader, self._due, wants, at)
         started: Counter[tuple[str, str, str]] = Counter()
         for channel, row in due:
             owners = self._mail if channel == EMAIL else self._destinations
@@ -585,23 +756,21 @@ class Dispatcher:
         timeout_ms = round(d.timeout_s * 1000)
         try:
             async with asyncio.timeout(d.timeout_s):
-                async with self.client.stream("POST", d.url, content=body, headers=headers,
-                                              timeout=d.timeout_s) as response:  # fmt: skip
-                    text = await _read(response)
-                    return Attempt(
-                        status=response.status_code, body=text,
-                        retry_after_s=parse_retry_after(response.headers.get("retry-after"),
-                                                        time.time()),
-                        location=response.headers.get("location"),
-                    )  # fmt: skip
-        except (TimeoutError, httpx.TimeoutException):
+                answer = await self.client.post(d.url, body, headers)
+        except TimeoutError:
             return Attempt(error=f"no answer within {timeout_ms} ms", timeout=True)
         except BlockedAddressError as exc:
             return Attempt(refused=str(exc))
-        except httpx.InvalidURL as exc:
-            return Attempt(refused=f"url: {exc}")
-        except (httpx.HTTPError, OSError) as exc:
-            return Attempt(error=f"request failed: {exc or type(exc).__name__}")
+        except InvalidURLError as exc:
+            return Attempt(refused=str(exc))
+        except (RequestError, OSError) as exc:
+            return Attempt(error=f"request failed: {str(exc) or type(exc).__name__}")
+        text = answer.body[:EXCERPT_BYTES].decode("utf-8", "replace")
+        return Attempt(
+            status=answer.status, body=text,
+            retry_after_s=parse_retry_after(answer.headers.get("retry-after"), time.time()),
+            location=answer.headers.get("location"),
+        )  # fmt: skip
 
     async def _send_email(self, d: _Destination, row: DueDelivery) -> Attempt:
         server = d.server
@@ -632,6 +801,9 @@ class Dispatcher:
                 round(self.policy.window_s * 1000), duration(self.policy.window_s)))  # fmt: skip
         if self.metrics is not None:
             self.metrics.circuit_changes.labels(new).inc()
+        if self.events is not None:
+            reopen_at = d.circuit.reopen_at_ms if new == OPEN else None
+            self.events.add(circuit_event(d.workspace_id, d.id, old, new, reopen_at, now_ms()))
         try:
             pending = self.on_circuit(d.workspace_id, d.id, old, new)
         except Exception:
@@ -646,6 +818,25 @@ class Dispatcher:
         self._hooks.discard(hook)
         if not hook.cancelled() and hook.exception() is not None:
             log.error("the circuit hook failed", exc_info=hook.exception())
+
+    def _start_flush(self) -> None:
+        """Record what waits to be, on a task of its own, unless a record is under way: the
+        next requests start meanwhile, and what ends during a commit goes in the next one.
+        Raises what the last record raised (its outcomes wait for the next)."""
+        if self._flush_error is not None:
+            error, self._flush_error = self._flush_error, None
+            raise error
+        if self._flushing is None and (self._results or self._dirty or self._deferrals):
+            self._flushing = asyncio.create_task(self._flush_task(), name="record outcomes")
+
+    async def _flush_task(self) -> None:
+        try:
+            await self._flush()
+        except Exception as exc:
+            self._flush_error = exc
+        finally:
+            self._flushing = None
+            self._wake.set()
 
     async def _flush(self) -> None:
         """Record outcomes, circuits and deferrals in one transaction; kept for the next turn
@@ -686,21 +877,9 @@ class Dispatcher:
 
 
 def quiet_http_logs() -> None:
-    """httpx logs every request at INFO: the dispatcher's outcomes are in the store."""
+    """httpx logs every request at INFO, should anything in the process use it: the
+    dispatcher's outcomes are in the store."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-
-
-async def _read(response: httpx.Response) -> str:
-    """The start of an answer's body. Reading a short body to its end keeps the connection
-    for the next request; a long one is cut and the connection closed."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in response.aiter_raw():
-        chunks.append(chunk)
-        size += len(chunk)
-        if size >= READ_BODY_BYTES:
-            break
-    return b"".join(chunks)[:EXCERPT_BYTES].decode("utf-8", "replace")
 
 
 async def deliver_forever(
@@ -708,8 +887,8 @@ async def deliver_forever(
     stop: asyncio.Event,
     *,
     allow: Iterable[str] | AllowList = (),
-    concurrency: int = 64,
-    per_destination: int = 8,
+    concurrency: int = CONCURRENCY,
+    mail_per_workspace: int = 8,
     poll_s: float = 0.05,
     refresh_s: float = 1.0,
     sweep_s: float = 10.0,
@@ -722,13 +901,34 @@ async def deliver_forever(
     wait_s: float = 30.0,
     on_ready: Callable[[], None] | None = None,
     settings_s: float = 5.0,
+    log_address: str | None = None,
 ) -> None:
     """Deliver from the store at ``store_url`` until ``stop`` is set, holding its dispatcher
     lock (waiting up to ``wait_s`` for a previous dispatcher); ``on_ready`` once it is held.
     ``allow``: hosts, addresses and CIDR ranges the address guard lets through;
-    ``settings_s``: how long the workspaces' SMTP settings are cached."""
+    ``settings_s``: how long the workspaces' SMTP settings are cached; ``log_address``: the
+    log writer's, to append circuit changes to the log (:class:`CircuitEvents`)."""
     allow_list = allow if isinstance(allow, AllowList) else AllowList.parse(allow)
     engine = create_store_engine(store_url)
+    events = None
+    if log_address:
+        address = log_address
+
+        async def connect() -> SqlEventLog:
+            appender = SqlEventLog(engine, address)
+            # A writer that is not there leaves start()'s socket to be freed with the error's
+            # traceback, which happens here: that is not a leak worth a warning per attempt.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ResourceWarning)
+                try:
+                    await appender.start()
+                except OSError as exc:
+                    problem = f"the log writer is not reachable ({exc.strerror or exc})"
+                else:
+                    return appender
+            raise LogError(problem)
+
+        events = CircuitEvents(connect)
     try:
         with ExitStack() as stack:
             lock = await asyncio.to_thread(stack.enter_context, exclusive(engine, wait_s))
@@ -737,10 +937,10 @@ async def deliver_forever(
             async with guarded_client(allow_list, concurrency) as client:
                 dispatcher = Dispatcher(
                     SqlDeliveryStore(engine), client, allow=allow_list,
-                    concurrency=concurrency, per_destination=per_destination, poll_s=poll_s,
-                    refresh_s=refresh_s, sweep_s=sweep_s, policy=policy, breaker=breaker,
-                    on_circuit=on_circuit, rng=rng, metrics=metrics, drain_s=drain_s, lock=lock,
-                    settings_s=settings_s,
+                    concurrency=concurrency, mail_per_workspace=mail_per_workspace,
+                    poll_s=poll_s, refresh_s=refresh_s, sweep_s=sweep_s, policy=policy,
+                    breaker=breaker, on_circuit=on_circuit, rng=rng, metrics=metrics,
+                    drain_s=drain_s, lock=lock, settings_s=settings_s, events=events,
                 )  # fmt: skip
                 await dispatcher.run(stop)
     finally:
@@ -768,7 +968,18 @@ def run(store_url: str, stop: threading.Event | None = None, **options: Any) -> 
             if watcher is not None:
                 watcher.cancel()
 
-    asyncio.run(main())
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main())
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed: its transports cost the dispatcher less per request."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
+    return factory
 
 
 def _deliver_main(store_url: str, options: dict[str, Any], ready: Any, parent_pid: int) -> None:

@@ -5,10 +5,16 @@ worker thread) and what a failure means (retry, or dead).
 A delivery row of channel ``email`` goes to destination ``smtp`` (the workspace's
 ``smtp`` settings); its payload is ``{"to", "subject", "text", "html"?, ...}``, already
 rendered. Its ``Message-ID`` is ``<{delivery id}@worldflow>``, the same at every attempt.
+
+With ``starttls`` or ``tls`` the server's certificate is verified (its chain and its host
+name) against the system's CAs, or against ``ca_pem`` alone when set: nothing is sent over a
+connection that does not verify, and no setting turns verification off. A server that does
+not offer STARTTLS when it is asked gets no credentials and no message in clear.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import json
 import re
@@ -55,6 +61,13 @@ class SmtpSettings(BaseModel):
     timeout_ms: int = Field(
         default=10_000, ge=100, le=120_000, description="bounds each network operation"
     )
+    ca_pem: str | None = Field(
+        default=None,
+        max_length=100_000,
+        description="PEM text of the CA certificate(s) the server's certificate must chain to "
+        "(a private CA), in place of the system's CAs; with starttls or tls only. The host name "
+        "is verified all the same. No private key: this is shown by GET",
+    )
 
     @field_validator("host")
     @classmethod
@@ -70,6 +83,24 @@ class SmtpSettings(BaseModel):
             raise ValueError(f"{value!r} is not an e-mail address (a@b.c or 'Name <a@b.c>')")
         return value
 
+    @field_validator("ca_pem")
+    @classmethod
+    def _ca_pem(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if "PRIVATE KEY" in value:
+            raise ValueError("contains a private key: only the CA's certificate belongs here "
+                             "(settings are stored and shown in clear)")  # fmt: skip
+        try:
+            certificates = trust(value).cert_store_stats()["x509"]
+        except ssl.SSLError as exc:
+            said = re.sub(r"\s*\(_ssl\.c:\d+\)$", "", str(exc.reason or exc))
+            raise ValueError("is not PEM text of certificates (-----BEGIN CERTIFICATE-----"
+                             f"...): {said}") from None  # fmt: skip
+        if not certificates:
+            raise ValueError("holds no certificate")
+        return value
+
     def problem(self) -> tuple[str, str] | None:
         """What the fields allow one by one but not together: (field, message)."""
         credentials = bool(self.username or self.password)
@@ -78,6 +109,9 @@ class SmtpSettings(BaseModel):
                     "starttls or tls (clear text is allowed to a loopback host only)")  # fmt: skip
         if self.password and not self.username:
             return ("username", "is required with a password")
+        if self.ca_pem and self.security == "none":
+            return ("ca_pem", "verifies the server's certificate, and security 'none' has no "
+                    "TLS: use starttls or tls")  # fmt: skip
         return None
 
     def stored(self) -> dict[str, Any]:
@@ -101,6 +135,12 @@ def address(value: str) -> str | None:
     return addr if addr and _ADDRESS.match(addr) else None
 
 
+def trust(ca_pem: str | None) -> ssl.SSLContext:
+    """The TLS context of a connection: certificates and host names verified, against the
+    system's CAs or against ``ca_pem`` alone."""
+    return ssl.create_default_context(cadata=ca_pem) if ca_pem else ssl.create_default_context()
+
+
 def loopback(host: str) -> bool:
     literal = ip_literal(host)
     if literal is not None:
@@ -119,11 +159,13 @@ class Server:
     security: str
     sender: str
     timeout_s: float
+    ca_pem: str | None = None
 
     @classmethod
     def of(cls, settings: SmtpSettings) -> Server:
         return cls(settings.host, settings.port, settings.username, settings.password or None,
-                   settings.security, settings.from_, settings.timeout_ms / 1000)  # fmt: skip
+                   settings.security, settings.from_, settings.timeout_ms / 1000,
+                   settings.ca_pem)  # fmt: skip
 
 
 class MessageError(ValueError):
@@ -163,7 +205,7 @@ def message(delivery_id: str, created_ms: int, payload_json: str, sender: str) -
 def send(server: Server, msg: EmailMessage) -> None:
     """Send one message on a connection of its own (blocking). Raises what smtplib raises;
     :func:`outcome` tells what it means."""
-    context = ssl.create_default_context()
+    context = trust(server.ca_pem)
     client: smtplib.SMTP
     if server.security == "tls":
         client = smtplib.SMTP_SSL(server.host, server.port, timeout=server.timeout_s,
@@ -173,10 +215,12 @@ def send(server: Server, msg: EmailMessage) -> None:
     try:
         client.ehlo()
         if server.security == "starttls":
+            if not client.has_extn("starttls"):  # and so nothing goes in clear
+                raise smtplib.SMTPNotSupportedError("the server does not offer STARTTLS")
             client.starttls(context=context)
             client.ehlo()
         if server.username:
-            client.login(server.username, server.password or "")
+            _login(client, server.username, server.password or "")
         sender, to = str(msg["From"]), str(msg["To"])  # checked by the settings and message()
         client.send_message(msg, from_addr=address(sender) or sender,
                             to_addrs=[address(to) or to])  # fmt: skip
@@ -189,15 +233,45 @@ def send(server: Server, msg: EmailMessage) -> None:
         client.close()
 
 
+def _login(client: smtplib.SMTP, username: str, password: str) -> None:
+    """AUTH PLAIN, else LOGIN, the username and password in UTF-8 (RFC 4616; smtplib's own
+    login sends ASCII only, and fails on any other character before a word is sent)."""
+    if not client.has_extn("auth"):
+        raise smtplib.SMTPNotSupportedError("the server does not offer AUTH, and smtp.username "
+                                            "is set")  # fmt: skip
+    offered = client.esmtp_features["auth"].upper().split()
+    user, secret = username.encode(), password.encode()
+    if "PLAIN" in offered:
+        code, reply = client.docmd("AUTH", "PLAIN " + _base64(b"\0" + user + b"\0" + secret))
+    elif "LOGIN" in offered:
+        code, reply = client.docmd("AUTH", "LOGIN")
+        if code == 334:
+            code, reply = client.docmd(_base64(user))
+        if code == 334:
+            code, reply = client.docmd(_base64(secret))
+    else:
+        mechanisms = " ".join(offered) or "none"
+        raise smtplib.SMTPNotSupportedError("the server offers no AUTH mechanism Worldflow uses "
+                                            f"(PLAIN, LOGIN; it offers {mechanisms})")  # fmt: skip
+    if code != 235:
+        raise smtplib.SMTPAuthenticationError(code, reply)
+
+
+def _base64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
 def _reply(code: int, text: bytes | str) -> str:
     said = text.decode("utf-8", "replace") if isinstance(text, bytes) else str(text)
     return f"SMTP {code} {' '.join(said.split())}".strip()
 
 
 def outcome(exc: BaseException | None) -> Attempt:
-    """What an attempt came to (None: the server accepted the message). 5xx replies are
-    permanent (``refused``: dead at once), 4xx replies, connection errors and timeouts are
-    temporary (retried)."""
+    """What an attempt came to (None: the server accepted the message). 5xx replies (535: the
+    login was refused) and a server that lacks what the settings ask (STARTTLS, AUTH) are
+    permanent (``refused``: dead at once); 4xx replies, connection errors, timeouts and failed
+    TLS handshakes, a certificate that does not verify included, are temporary (retried: a
+    renewed certificate, or ``ca_pem`` set, lets the pending ones go, within the window)."""
     if exc is None:
         return Attempt(status=250)
     if isinstance(exc, smtplib.SMTPRecipientsRefused):
@@ -205,13 +279,23 @@ def outcome(exc: BaseException | None) -> Attempt:
         exc = smtplib.SMTPResponseException(code, text)
     if isinstance(exc, smtplib.SMTPResponseException):
         said = _reply(exc.smtp_code, exc.smtp_error)
+        if isinstance(exc, smtplib.SMTPAuthenticationError) and exc.smtp_code == 535:
+            said += " (the login failed: check smtp.username and smtp.password)"
         if 500 <= exc.smtp_code < 600:
             return Attempt(refused=said, code=exc.smtp_code)
         return Attempt(error=said, code=exc.smtp_code if exc.smtp_code > 0 else None)
     if isinstance(exc, smtplib.SMTPNotSupportedError):
-        return Attempt(refused=f"SMTP: {exc}; check smtp.security in the workspace settings")
-    if isinstance(exc, TimeoutError):
-        return Attempt(error="SMTP: no answer in time", timeout=True)
+        return Attempt(refused=f"SMTP: {exc}; nothing was sent: check smtp.security and "
+                       "smtp.username in the workspace settings")  # fmt: skip
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Attempt(error=f"SMTP: the server's certificate does not verify "
+                       f"({exc.verify_message or exc}); nothing was sent. A private CA is "
+                       "trusted with smtp.ca_pem")  # fmt: skip
+    if isinstance(exc, ssl.SSLError):
+        return Attempt(error=f"SMTP: the TLS handshake failed ({exc.reason or exc}); nothing "
+                       "was sent: check smtp.security and smtp.port")  # fmt: skip
+    if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+        return Attempt(error="SMTP: no answer in time", timeout=True)  # smtplib wraps some
     if isinstance(exc, smtplib.SMTPServerDisconnected):
         return Attempt(error=f"SMTP: the server closed the connection ({exc or 'no reason'})")
     if isinstance(exc, OSError | smtplib.SMTPException):

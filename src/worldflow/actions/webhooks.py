@@ -36,6 +36,7 @@ MAX_HEADERS: Final = 32
 MIN_TIMEOUT_MS: Final = 100
 MAX_TIMEOUT_MS: Final = 60_000
 MAX_RATE_PER_S: Final = 10_000.0
+MAX_IN_FLIGHT: Final = 256  # requests at once to one destination
 EXCERPT_CHARS: Final = 200  # of an answer's body, in last_error
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -239,6 +240,10 @@ CLOSED: Final = "closed"
 OPEN: Final = "open"
 HALF_OPEN: Final = "half_open"
 Change = tuple[str, str]  # (old state, new state)
+# Each change is also an event of the destination's workspace, appended by the dispatcher; it
+# names no person.
+CIRCUIT_CHANGED: Final = "destination.circuit_changed"
+DISPATCHER_SOURCE: Final = "_dispatcher"  # the source of the events the dispatcher appends
 
 
 @dataclass(frozen=True, slots=True)

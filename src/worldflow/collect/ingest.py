@@ -1,7 +1,9 @@
 """The part every edge shares: canonical events into the log, rejected messages into quarantine.
 
 Both go to the log writer in one call, so one commit makes the valid events durable and the
-invalid ones visible in the quarantine before the client gets an answer.
+invalid ones visible in the quarantine before the client gets an answer. Events about an
+object of the workspace's scene registry that name no product get it first
+(``scenes/enrich.py``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from datetime import datetime
 from worldflow.events.model import Event, Rejected, encoder
 from worldflow.log import EventLog, LogRecord, QuarantineRecord
 from worldflow.metrics import Metrics
+from worldflow.scenes.enrich import ObjectCache, enrich
 
 
 @dataclass(slots=True)
@@ -44,10 +47,13 @@ def partition_of(key: str, partitions: int) -> int:
 
 
 class Ingestor:
-    def __init__(self, log: EventLog, metrics: Metrics, partitions: int = 1) -> None:
+    def __init__(self, log: EventLog, metrics: Metrics, partitions: int = 1,
+                 objects: ObjectCache | None = None) -> None:  # fmt: skip
         self.log = log
         self.metrics = metrics
         self.partitions = partitions
+        # The scene registry's objects, over the log's store unless given.
+        self.objects = objects if objects is not None else ObjectCache.for_log(log)
 
     async def ingest(
         self,
@@ -63,8 +69,17 @@ class Ingestor:
         events: list[Event] = []
         result = IngestResult()
         partitions = self.partitions
+        cache = self.objects
+        known = None
         for item in items:
             if type(item) is Event:
+                if cache is not None:
+                    obj = item.properties.get("obj")
+                    if type(obj) is dict and obj.get("product") is None:
+                        if known is None:
+                            known = await cache.objects(workspace_id)
+                        if known:
+                            enrich(item, obj, known)
                 events.append(item)
                 partition = partition_of(item.identity_key, partitions) if partitions > 1 else 0
                 records.append(

@@ -10,7 +10,7 @@ connection stays open.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,7 +21,9 @@ from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
 from worldflow.collect.http import quarantine_body
 from worldflow.events import segment
+from worldflow.events.model import Event, Rejected
 from worldflow.log import LogError, LogOverloaded
+from worldflow.profiles.model import world_id
 from worldflow.services import Services
 from worldflow.store.sql import SourceRef
 
@@ -59,14 +61,17 @@ async def stream(websocket: WebSocket) -> None:
                 return
             data = message.get("text")
             raw: bytes = data.encode() if data is not None else message.get("bytes") or b""
-            await websocket.send_bytes(await _handle(svc, source, raw))
+            await websocket.send_text((await handle_frame(svc, source, raw)).decode())
     except WebSocketDisconnect:
         return
     finally:
         svc.metrics.ws_connections.dec()
 
 
-async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
+async def handle_frame(svc: Services, source: SourceRef, raw: bytes,
+                       world: str | None = None) -> bytes:  # fmt: skip
+    """Ingest one frame of events; the answer. With ``world`` (a world's key), messages
+    that name no world are of that one, and a message of another world refuses the frame."""
     workspace_id, source_id = source.workspace_id, source.source_id
     received_at = datetime.now(UTC)
     frame_id: str | int | None = None
@@ -92,10 +97,14 @@ async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
                 await quarantine_body(svc, source, "stream", raw, error, received_at)
                 raise error from exc
             prefix = "batch"
-        items = svc.segment.translate(
+        if world is not None:
+            batch_context = {"world": {"id": world}, **(batch_context or {})}
+        items: Iterable[Event | Rejected] = svc.segment.translate(
             raws, workspace_id=workspace_id, source_id=source_id, received_at=received_at,
             sent_at=sent_at, batch_context=batch_context, prefix=prefix, channel="stream",
         )  # fmt: skip
+        if world is not None:
+            items = _of_world(list(items), world, prefix)
         result = await svc.ingestor.ingest(
             items, workspace_id=workspace_id, source_id=source_id, channel="stream",
             received_at=received_at,
@@ -114,3 +123,12 @@ async def _handle(svc: Services, source: SourceRef, raw: bytes) -> bytes:
     except LogError as exc:
         reply = {"ack": frame_id, "error": {"code": "log_unavailable", "message": str(exc)}}
     return msgspec.json.encode(reply)
+
+
+def _of_world(items: list[Event | Rejected], world: str, prefix: str) -> list[Event | Rejected]:
+    for index, item in enumerate(items):
+        if isinstance(item, Event) and world_id(item.context) != world:
+            where = f"{prefix}[{index}].context.world" if prefix else "context.world"
+            raise ApiError(403, "wrong_world", f"{where}: {world_id(item.context)!r} is not "
+                           f"this key's world {world!r}")  # fmt: skip
+    return items

@@ -101,7 +101,7 @@ class Context:
             "destination_id": destination, "event_type": event_type,
             "payload": json.dumps(payload, separators=(",", ":"), default=str),
             "created_ms": self.now, "state": "pending", "attempts": 0,
-            "next_attempt_ms": self.now})  # fmt: skip
+            "next_attempt_ms": self.now, "profile_id": self.profile.id})  # fmt: skip
         return ident
 
     def emit(self, name: str, properties: dict[str, Any]) -> str:

@@ -25,12 +25,12 @@ import msgspec
 from worldflow.journeys import actions
 from worldflow.journeys.definition import HIDDEN, Journey, Messaging, Step, Trigger, Until
 from worldflow.log import LogRecord
+from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Run
 from worldflow.segments.incremental import Transition
 
 API_ENTRY: Final = "journey.entry_requested"  # the event of an entry by API call
 MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
-MAX_SENDS: Final = 500  # actions remembered per person for the caps
 DAY_MS: Final = 86_400_000
 WEEK_MS: Final = 7 * DAY_MS
 _encode = msgspec.json.Encoder().encode
@@ -47,6 +47,8 @@ class Effects:
     stats: dict[Stat, int] = field(default_factory=dict)
     traits: dict[str, set[str]] = field(default_factory=dict)  # profile id → traits changed
     awards: list[tuple[str, str, float, int]] = field(default_factory=list)  # id, score, points
+    # (workspace, placement, arm, offer) → [served, impressions, interactions] (decide/learn.py)
+    decisions: dict[tuple[str, str, str, str], list[int]] = field(default_factory=dict)
 
     def count(self, workspace_id: str, journey: Journey, metric: str, n: int = 1,
               version: int | None = None) -> None:  # fmt: skip
@@ -382,7 +384,7 @@ class Journeys:
                 effects.count(self.workspace_id, journey, f"{capped}:{channel}")
                 return False  # not sent; the run goes on
             profile.sends.append((now, channel, journey.key))
-            if len(profile.sends) > MAX_SENDS:
+            if len(profile.sends) > model.MAX_SENDS:
                 del profile.sends[0]
         run.actions += 1
         kind.take(prepared, ctx)

@@ -25,6 +25,8 @@ import msgspec
 from worldflow.segments.state import Agg, Score
 
 RECENT_EVENTS = 10
+MAX_SENDS = 500  # actions and offers served remembered per person, for the caps
+MAX_DECISIONS = 50  # decisions remembered per person, for their attribution
 SESSION_IDLE_MS = 30 * 60 * 1000
 MAX_KEYS = 200  # per map of zones, objects or products in one world: the most engaged stay
 
@@ -120,6 +122,18 @@ class Run(msgspec.Struct, array_like=True, gc=False):
     outcome: str = ""  # of an ended run: completed, converted, exited, holdout…
 
 
+class Served(msgspec.Struct, array_like=True, gc=False):
+    """A decision served to the person (``decision.served``), for its attribution: which
+    offer of which placement and bandit arm, and whether it was seen and acted on."""
+
+    placement: str
+    arm: str  # the segment the bandit learned for ("": the placement's own)
+    offer: str
+    at: int
+    impressed: bool = False
+    interacted: bool = False
+
+
 class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     id: str
     workspace_id: str
@@ -144,7 +158,8 @@ class Profile(msgspec.Struct, omit_defaults=True, dict=True):
     due: int = 0  # when a window, a score or a clock next changes by itself (0: never)
     journeys: dict[str, Run] = {}  # journey key → the latest run
     journey_due: int = 0  # when a journey's wait next ends (0: never)
-    sends: list[tuple[int, str, str]] = []  # (when, channel, journey) of actions, last 7 days
+    sends: list[tuple[int, str, str]] = []  # (when, channel, journey or offer), last 7 days
+    decisions: dict[str, Served] = {}  # decision id → what it served (the latest ones)
 
     def next_timer(self) -> int | None:
         due = self.due or None
@@ -451,6 +466,10 @@ def merge_into(survivor: Profile, other: Profile) -> None:
     for name, count in other.counters.items():
         survivor.counters[name] = survivor.counters.get(name, 0) + count
     survivor.merged_from = [*survivor.merged_from, other.id, *other.merged_from]
+    survivor.sends = sorted([*survivor.sends, *other.sends])[-MAX_SENDS:]
+    decisions = sorted([*survivor.decisions.items(), *other.decisions.items()],
+                       key=lambda item: item[1].at)  # fmt: skip
+    survivor.decisions = dict(decisions[-MAX_DECISIONS:])
 
 
 profile_encoder = msgspec.json.Encoder()

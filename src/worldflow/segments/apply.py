@@ -1,6 +1,7 @@
-"""``worldflow apply PATH``: send the segment, score and journey definitions and the messaging
-policy in YAML or JSON files to a server's admin API, score models first (segments read them),
-journeys last (they read segments and the policy), each checked locally first."""
+"""``worldflow apply PATH``: send the segment, score, placement, offer and journey definitions
+and the messaging policy in YAML or JSON files to a server's admin API, score models first
+(segments read them), journeys last (they read segments and the policy), each checked
+locally first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from worldflow.decide.definition import OFFER, PLACEMENT, validate_offer, validate_placement
 from worldflow.journeys.definition import MESSAGING, validate_messaging
 from worldflow.journeys.definition import validate as validate_journey
 from worldflow.segments.definition import DefinitionError, iter_documents, validate
@@ -37,6 +39,10 @@ def documents(path: Path) -> Iterator[tuple[str, dict[str, Any]]]:
                     yield f"{file}#{i + 1}", validate_journey(document)
                 elif kind == MESSAGING:
                     yield f"{file}#{i + 1}", validate_messaging(document)
+                elif kind == OFFER:
+                    yield f"{file}#{i + 1}", validate_offer(document)
+                elif kind == PLACEMENT:
+                    yield f"{file}#{i + 1}", validate_placement(document)
                 else:
                     yield f"{file}#{i + 1}", validate(document)
         except DefinitionError as exc:
@@ -47,7 +53,7 @@ def apply(path: Path, url: str, token: str) -> list[dict[str, Any]]:
     """Validate everything, then PUT score models, then segments; the server's answers."""
     if not url.startswith(("http://", "https://")):
         raise ApplyError(f"--url: {url!r} is not an http(s) URL")
-    order = {"score": 0, "segment": 1, MESSAGING: 2, "journey": 3}
+    order = {"score": 0, "segment": 1, MESSAGING: 2, PLACEMENT: 3, OFFER: 4, "journey": 5}
     found = sorted(documents(path), key=lambda item: order[item[1]["kind"]])
     answers = []
     for where, document in found:

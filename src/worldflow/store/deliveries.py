@@ -25,8 +25,9 @@ WEBHOOK: Final = "webhook"
 EMAIL: Final = "email"  # sent with the workspace's SMTP settings (destination "smtp")
 STATES: Final = ("pending", "delivered", "dead")
 _REQUIRED: Final = ("id", "workspace_id", "destination_id", "event_type", "payload", "created_ms")
-_OPTIONAL: Final = ("channel", "state", "attempts", "next_attempt_ms")
+_OPTIONAL: Final = ("channel", "state", "attempts", "next_attempt_ms", "profile_id")
 _BRANCHES: Final = 50  # destinations per query when fetching what is due
+DEFAULT_MAX_IN_FLIGHT: Final = 32  # requests at once to a destination, unless it says otherwise
 
 
 def delivery_id(*parts: object) -> str:
@@ -64,6 +65,7 @@ def delivery_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "state": state,
         "attempts": int(row.get("attempts", 0)),
         "next_attempt_ms": int(row.get("next_attempt_ms", row["created_ms"])),
+        "profile_id": row.get("profile_id"),
     }
 
 
@@ -141,9 +143,9 @@ class Deferral:
     window: str = ""  # the window, for the reason
 
 
-_PUBLIC = ("id", "url", "headers", "timeout_ms", "rate_per_s", "disabled", "circuit_state",
-           "consecutive_failures", "opened_at_ms", "reopen_at_ms", "created_at_ms",
-           "updated_at_ms")  # fmt: skip
+_PUBLIC = ("id", "url", "headers", "timeout_ms", "rate_per_s", "max_in_flight", "disabled",
+           "circuit_state", "consecutive_failures", "opened_at_ms", "reopen_at_ms",
+           "created_at_ms", "updated_at_ms")  # fmt: skip
 
 
 def _destination(row: Any, with_secret: bool = False) -> dict[str, Any]:
@@ -174,6 +176,7 @@ class SqlDeliveryStore:
         timeout_ms: int,
         rate_per_s: float | None,
         disabled: bool,
+        max_in_flight: int = DEFAULT_MAX_IN_FLIGHT,
     ) -> tuple[dict[str, Any], bool]:
         """Create or replace a destination; whether it was created. A new one gets ``secret``
         or else ``secret_if_new``, and only then does the answer hold it; a replaced one keeps
@@ -182,8 +185,8 @@ class SqlDeliveryStore:
         at = now_ms()
         values: dict[str, Any] = {
             "url": url, "headers": json.dumps(dict(headers), sort_keys=True),
-            "timeout_ms": timeout_ms, "rate_per_s": rate_per_s, "disabled": disabled,
-            "updated_at_ms": at,
+            "timeout_ms": timeout_ms, "rate_per_s": rate_per_s, "max_in_flight": max_in_flight,
+            "disabled": disabled, "updated_at_ms": at,
         }  # fmt: skip
         if secret is not None:
             values["secret"] = secret

@@ -24,6 +24,7 @@ from worldflow.profiles.model import Profile, profile_decoder, profile_encoder
 from worldflow.store.deliveries import insert_deliveries
 from worldflow.store.schema import (
     active_definitions,
+    decision_stats,
     definition_status,
     definitions,
     event_log,
@@ -201,6 +202,8 @@ class SqlProfileStore:
                 self._write_memberships(conn, commit)
             if commit.effects.stats:
                 self._write_journey_stats(conn, commit.effects.stats)
+            if commit.effects.decisions:
+                self._write_decision_stats(conn, commit.effects.decisions)
             if commit.effects.deliveries and commit.deliver:
                 insert_deliveries(conn, commit.effects.deliveries)  # an id decided twice: once
             if commit.outbox:
@@ -285,6 +288,17 @@ class SqlProfileStore:
             "(workspace_id, journey, version, metric) DO UPDATE SET "
             "count = journey_stats.count + excluded.count",
             [(*key, n) for key, n in stats.items() if n])  # fmt: skip
+
+    def _write_decision_stats(self, conn: Connection, stats: dict[Any, list[int]]) -> None:
+        mark = self._mark
+        conn.exec_driver_sql(
+            "INSERT INTO decision_stats (workspace_id, placement, arm, offer, served, "
+            f"impressions, interactions) VALUES ({mark}, {mark}, {mark}, {mark}, {mark}, "
+            f"{mark}, {mark}) ON CONFLICT (workspace_id, placement, arm, offer) DO UPDATE SET "
+            "served = decision_stats.served + excluded.served, "
+            "impressions = decision_stats.impressions + excluded.impressions, "
+            "interactions = decision_stats.interactions + excluded.interactions",
+            [(*key, *counts) for key, counts in stats.items()])  # fmt: skip
 
     def outbox_pending(self, limit: int = 5000) -> list[tuple[int, LogRecord]]:
         c = outbox.c
@@ -417,5 +431,5 @@ class SqlProfileStore:
         with self.engine.begin() as conn:
             for table in (processor_state, profile_merges, identities, profiles,
                           active_definitions, segment_members, segment_sizes, outbox,
-                          journey_stats):  # fmt: skip
+                          journey_stats, decision_stats):  # fmt: skip
                 conn.execute(sa.delete(table))

@@ -54,6 +54,8 @@ sources = Table(
     Column("write_key_hash", String(64), nullable=False, unique=True),
     Column("created_at_ms", BigInteger, nullable=False),
     Column("disabled", Boolean, nullable=False, server_default="0"),
+    # A world's key: what it sends is of that world, and its push channel serves that world.
+    Column("world", String(64), nullable=True),
 )
 
 api_tokens = Table(
@@ -253,6 +255,7 @@ webhook_destinations = Table(
     Column("headers", Text, nullable=False, server_default="{}"),  # JSON {name: value}
     Column("timeout_ms", Integer, nullable=False, server_default="5000"),
     Column("rate_per_s", Float, nullable=True),  # at most this many requests per second
+    Column("max_in_flight", Integer, nullable=False, server_default="32"),  # requests at once
     Column("disabled", Boolean, nullable=False, server_default="0"),
     # closed | open (nothing is sent until reopen_at_ms) | half_open (one probe is in flight)
     Column("circuit_state", String(16), nullable=False, server_default="closed"),
@@ -271,7 +274,7 @@ deliveries = Table(
     metadata,
     Column("id", String(64), primary_key=True),
     Column("workspace_id", String(64), nullable=False),
-    Column("channel", String(16), nullable=False),  # webhook, email (in-world: later)
+    Column("channel", String(16), nullable=False),  # webhook, email, inworld
     Column("destination_id", String(64), nullable=False),
     Column("event_type", String(200), nullable=False),  # journey.action
     Column("payload", Text, nullable=False),  # JSON
@@ -283,6 +286,7 @@ deliveries = Table(
     Column("last_error", Text, nullable=True),
     Column("delivered_ms", BigInteger, nullable=True),
     Column("replayed_ms", BigInteger, nullable=True),  # a replay starts the retry window again
+    Column("profile_id", String(40), nullable=True),  # in-world: whom it is for
     Index(None, "channel", "state", "next_attempt_ms"),  # what is due
     # A destination's due rows, so that a destination with a backlog (slow, or down) does not
     # stand in front of the others; also which destinations have pending rows at all.
@@ -295,4 +299,69 @@ deliveries = Table(
         "next_attempt_ms",
     ),
     Index(None, "workspace_id", "state", "created_ms"),  # the dead letters, newest first
+    # In-world actions waiting for a person to be in a world.
+    Index("ix_deliveries_by_profile", "channel", "workspace_id", "profile_id", "state"),
+)
+
+# What the decisions of a placement served, and how people took them (decide/learn.py): the
+# bandit's evidence, per arm (a segment, or "" for the placement's own) and offer.
+decision_stats = Table(
+    "decision_stats",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("placement", String(64), primary_key=True),
+    Column("arm", String(64), primary_key=True),
+    Column("offer", String(64), primary_key=True),
+    Column("served", BigInteger, nullable=False),
+    Column("impressions", BigInteger, nullable=False),
+    Column("interactions", BigInteger, nullable=False),
+)
+
+# Who is connected to a world's push channel now (collect/push.py): one row per connection,
+# kept by the worker holding it (seen_ms refreshed; rows of a worker gone stale are ignored).
+presence = Table(
+    "presence",
+    metadata,
+    Column("connection_id", String(64), primary_key=True),
+    Column("workspace_id", String(64), nullable=False),
+    Column("world", String(64), nullable=False),
+    Column("worker", String(64), nullable=False),
+    Column("profile_id", String(40), nullable=True),
+    Column("anonymous_id", String(200), nullable=True),
+    Column("user_id", String(200), nullable=True),
+    Column("zone", String(200), nullable=True),
+    Column("connected_ms", BigInteger, nullable=False),
+    Column("seen_ms", BigInteger, nullable=False),
+    Index(None, "workspace_id", "world"),
+    Index(None, "workspace_id", "profile_id"),
+)
+
+# --- The scene registry (worldflow.scenes; docs/SCENES.md) --------------------------------------
+# Not derived: what a scene file registered. Each PUT of a scene replaces its entries.
+
+scenes = Table(
+    "scenes",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("key", String(64), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("world", String(64), nullable=True),
+    Column("format", String(16), nullable=False),  # gltf | glb | x3d
+    Column("updated_ms", BigInteger, nullable=False),
+)
+
+# A tagged object, product, zone or placement; object ids are unique in their workspace.
+scene_objects = Table(
+    "scene_objects",
+    metadata,
+    Column("workspace_id", String(64), primary_key=True),
+    Column("object_id", String(128), primary_key=True),
+    Column("scene", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),  # object | product | zone | placement
+    Column("node_path", Text, nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("sku", String(200), nullable=True),
+    Column("category", String(200), nullable=True),
+    Column("properties", Text, nullable=False, server_default="{}"),  # JSON
+    Index(None, "workspace_id", "scene"),
 )

@@ -55,6 +55,7 @@ def new_id(prefix: str) -> str:
 class SourceRef:
     workspace_id: str
     source_id: str
+    world: str | None = None  # a world's key: its events and push channel are that world's
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +168,12 @@ class SqlStore:
 
     @staticmethod
     def _insert_source(
-        conn: sa.Connection, workspace_id: str, name: str, kind: str, write_key: str
+        conn: sa.Connection,
+        workspace_id: str,
+        name: str,
+        kind: str,
+        write_key: str,
+        world: str | None = None,
     ) -> str:
         source_id = new_id("src")
         conn.execute(
@@ -179,6 +185,7 @@ class SqlStore:
                 write_key_hash=hash_secret(write_key),
                 created_at_ms=now_ms(),
                 disabled=False,
+                world=world,
             )
         )
         return source_id
@@ -206,11 +213,13 @@ class SqlStore:
         )
         return token_id
 
-    def create_source(self, workspace_id: str, name: str, kind: str = "http") -> dict[str, Any]:
+    def create_source(self, workspace_id: str, name: str, kind: str = "http",
+                      world: str | None = None) -> dict[str, Any]:  # fmt: skip
         write_key = new_secret("wk")
         with self.engine.begin() as conn:
-            source_id = self._insert_source(conn, workspace_id, name, kind, write_key)
-        return {"id": source_id, "name": name, "kind": kind, "write_key": write_key}
+            source_id = self._insert_source(conn, workspace_id, name, kind, write_key, world)
+        return {"id": source_id, "name": name, "kind": kind, "world": world,
+                "write_key": write_key}  # fmt: skip
 
     def settings(self, workspace_id: str) -> dict[str, Any]:
         with self.engine.connect() as conn:
@@ -237,6 +246,7 @@ class SqlStore:
                     sources.c.kind,
                     sources.c.created_at_ms,
                     sources.c.disabled,
+                    sources.c.world,
                 )
                 .where(sources.c.workspace_id == workspace_id)
                 .order_by(sources.c.created_at_ms, sources.c.id)
@@ -262,12 +272,12 @@ class SqlStore:
     def source_for_write_key(self, write_key: str) -> SourceRef | None:
         with self.engine.connect() as conn:
             row = conn.execute(
-                sa.select(sources.c.workspace_id, sources.c.id).where(
+                sa.select(sources.c.workspace_id, sources.c.id, sources.c.world).where(
                     sources.c.write_key_hash == hash_secret(write_key),
                     sources.c.disabled.is_(False),
                 )
             ).first()
-        return SourceRef(row.workspace_id, row.id) if row else None
+        return SourceRef(row.workspace_id, row.id, row.world) if row else None
 
     def token(self, token: str) -> TokenRef | None:
         with self.engine.connect() as conn:

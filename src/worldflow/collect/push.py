@@ -1,0 +1,146 @@
+"""The world push channel: ``/v1/push`` (docs/PUSH.md).
+
+World servers and clients hold a WebSocket, authenticated with a world's key (a source
+created with ``world``: ``?key=`` or an ``Authorization`` header), to send events and receive
+the in-world actions journeys decide for the people they speak for (sent by the worker's
+:class:`~worldflow.actions.inworld.Pusher`).
+
+Frames are JSON text. The client says who it speaks for with ``{"type": "hello",
+"anonymousId", "userId", "zone"}`` (again when that changes; a world server speaking for
+many people opens one connection per person); the server answers the first one with
+``{"type": "welcome", "session", "heartbeat_s"}``. Events go as ``{"id": N, "batch": [...]}``
+(answered like ``/v1/stream``, the world filled in where a message names none; a message of
+another world is refused). The server sends ``{"type": "action", "id", "placement",
+"content", "data", "journey", "step", "expires_at"}``; the client answers ``{"type": "ack",
+"id"}`` once it applied it. ``{"type": "ping"}`` gets ``{"type": "pong"}``.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Final
+
+import msgspec
+from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from starlette.concurrency import run_in_threadpool
+
+from worldflow.actions.inworld import HEARTBEAT_S, Connection, Pusher, iso
+from worldflow.admin import Read, _services
+from worldflow.collect.auth import credential_from_header
+from worldflow.collect.errors import ApiError
+from worldflow.collect.stream import handle_frame
+
+router = APIRouter()
+
+MAX_ID: Final = 200
+_POLICY_VIOLATION = 1008
+
+
+class _Hello(msgspec.Struct, rename="camel"):
+    type: str
+    anonymous_id: str | None = None
+    user_id: str | None = None
+    zone: str | None = None
+    world: str | None = None
+    id: str | None = None
+
+
+_decode_control = msgspec.json.Decoder(_Hello)
+
+
+@router.websocket("/v1/push")
+async def push(websocket: WebSocket) -> None:
+    svc = websocket.app.state.services
+    try:
+        key = credential_from_header(websocket.headers.get("authorization"))
+        source = await svc.auth.source(key or websocket.query_params.get("key")
+                                       or websocket.query_params.get("writeKey"))  # fmt: skip
+        if source.world is None:
+            raise ApiError(403, "not_a_world_key", "key: the push channel takes a world's key "
+                           "(a source created with world)")  # fmt: skip
+    except ApiError as exc:
+        await websocket.accept()
+        await websocket.close(code=_POLICY_VIOLATION, reason=f"{exc.code}: {exc.message}"[:120])
+        return
+    await websocket.accept()
+    conn = Connection(websocket, source)
+    pusher: Pusher = svc.pusher
+    pusher.add(conn)
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            raw: bytes = text.encode() if text is not None else message.get("bytes") or b""
+            reply = await _control(pusher, conn, raw)
+            if reply is None:  # events
+                reply = await handle_frame(svc, source, raw, world=conn.world)
+            if reply:
+                async with conn.lock:
+                    await websocket.send_text(reply.decode())
+    except WebSocketDisconnect:
+        return
+    finally:
+        pusher.remove(conn)
+
+
+async def _control(pusher: Pusher, conn: Connection, raw: bytes) -> bytes | None:
+    """The answer to a control frame (hello, ack, ping): b"" for none, None for events."""
+    if b'"type"' not in raw:
+        return None
+    try:
+        frame = _decode_control.decode(raw)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None  # an event frame with a "type" inside, or bad: the event path says
+    if frame.type == "hello":
+        problem = _check_hello(conn, frame)
+        if problem is not None:
+            return msgspec.json.encode({"type": "error", "code": "invalid_hello",
+                                        "message": problem})  # fmt: skip
+        pusher.hello(conn, frame.anonymous_id, frame.user_id, frame.zone)
+        if conn.greeted:
+            return b""
+        conn.greeted = True
+        return msgspec.json.encode({"type": "welcome", "session": conn.id,
+                                    "heartbeat_s": HEARTBEAT_S})  # fmt: skip
+    if frame.type == "ack":
+        if not frame.id or len(frame.id) > MAX_ID:
+            return msgspec.json.encode({"type": "error", "code": "invalid_ack",
+                                        "message": "id: the id of the action"})  # fmt: skip
+        pusher.ack(conn, frame.id)
+        return b""
+    if frame.type == "ping":
+        return b'{"type":"pong"}'
+    return msgspec.json.encode(
+        {
+            "type": "error",
+            "code": "unknown_type",
+            "message": f"type: {frame.type!r} is not hello, ack or ping",
+        }
+    )
+
+
+def _check_hello(conn: Connection, frame: _Hello) -> str | None:
+    if not frame.anonymous_id and not frame.user_id:
+        return "anonymousId or userId: one is required"
+    for name, value in (("anonymousId", frame.anonymous_id), ("userId", frame.user_id),
+                        ("zone", frame.zone)):  # fmt: skip
+        if value is not None and not 0 < len(value) <= MAX_ID:
+            return f"{name}: at most {MAX_ID} characters"
+    if frame.world is not None and frame.world != conn.world:
+        return f"world: {frame.world!r} is not this key's world {conn.world!r}"
+    return None
+
+
+@router.get("/v1/worlds/{world}/presence", tags=["worlds"])
+async def world_presence(request: Request, token: Read, world: str) -> dict[str, Any]:
+    """Who is in a world now: the people connected to its push channel, with their zone."""
+    svc = _services(request)
+    now = int(time.time() * 1000)
+    rows = await run_in_threadpool(svc.pusher.store.in_world, token.workspace_id, world, now)
+    people = [{"profile_id": r["profile_id"], "anonymous_id": r["anonymous_id"],
+               "user_id": r["user_id"], "zone": r["zone"],
+               "connected_at": iso(r["connected_ms"]), "seen_at": iso(r["seen_ms"])}
+              for r in rows]  # fmt: skip
+    return {"world": world, "count": len(people), "people": people}

@@ -1,0 +1,1 @@
+"""Decisions: offers and placements, the decision API, bandits and recommendations."""

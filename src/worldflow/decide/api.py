@@ -1,0 +1,132 @@
+"""The decision API and the offers and placements it chooses among (docs/DECIDE.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC, datetime
+from typing import Annotated, Any, Final
+
+from fastapi import APIRouter, Path, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
+
+from worldflow.admin import Admin, Read, _services
+from worldflow.collect.auth import credential_from_header
+from worldflow.collect.errors import ApiError
+from worldflow.decide.definition import OFFER, PLACEMENT, validate_offer, validate_placement
+from worldflow.decide.engine import Decision
+from worldflow.segments.api import _document, _get, _invalid, _summary, store_and_activate
+from worldflow.segments.definition import KEY, DefinitionError
+
+router = APIRouter(prefix="/v1", tags=["decide"])
+KeyPath = Annotated[str, Path(pattern=KEY.pattern, description="the key")]
+DEADLINE_S: Final = 0.05  # beyond it, the placement's fallback answers
+
+
+class DecideRequest(BaseModel):
+    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+
+    placement: str = Field(pattern=KEY.pattern, description="the placement to fill")
+    anonymous_id: str | None = Field(None, alias="anonymousId", max_length=200)
+    user_id: str | None = Field(None, alias="userId", max_length=200)
+    context: dict[str, Any] = Field(
+        default_factory=dict, description="where the person is: world, zone, …"
+    )
+
+
+@router.post("/decide")
+async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
+    """What a placement shows this person now: ``{decision_id, placement, offer, content,
+    strategy, fallback}``. Authenticated with a write key (HTTP Basic or Bearer), as events
+    are. The answer never waits for the log; a slow or failing store answers with the
+    placement's fallback."""
+    started = time.perf_counter()
+    svc = _services(request)
+    source = await svc.auth.source(credential_from_header(request.headers.get("authorization")))
+    if not body.anonymous_id and not body.user_id:
+        raise ApiError(400, "invalid_body", "anonymousId or userId: one is required")
+    decider = svc.decider
+    ws = source.workspace_id
+    catalog = await run_in_threadpool(decider.catalog, ws)
+    placement = catalog.placements.get(body.placement)
+    if placement is None:
+        raise ApiError(404, "placement_not_found", f"placement: no placement {body.placement!r} "
+                       "is active in this workspace")  # fmt: skip
+    offers = catalog.offers.get(placement.key, [])
+    who = body.user_id or body.anonymous_id or ""
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+
+    def work() -> Decision:
+        profile = decider.person(ws, body.user_id, body.anonymous_id)
+        return decider.choose(ws, placement, offers, profile, who, now_ms)
+
+    try:
+        decision = await asyncio.wait_for(run_in_threadpool(work), DEADLINE_S)
+    except Exception:  # a slow or failing store: the fallback always answers
+        svc.metrics.decisions.labels("fallback_error").inc()
+        decision = decider.fallback(placement)
+    if decision.offer is not None:
+        decider.remember(ws, who, decision.offer, now_ms)
+    context = dict(body.context)
+    world = context.get("world")
+    if isinstance(world, str):
+        context["world"] = {"id": world}
+    latency_ms = (time.perf_counter() - started) * 1000
+    svc.decision_log.add(decider.served_event(ws, source.source_id, decision, body.user_id,
+                                              body.anonymous_id, context, latency_ms,
+                                              now))  # fmt: skip
+    svc.metrics.decisions.labels(decision.strategy).inc()
+    return decision.body()
+
+
+@router.put("/offers/{key}")
+async def put_offer(request: Request, token: Admin, key: KeyPath) -> dict[str, Any]:
+    """Apply an offer (JSON or YAML): content, placements, eligibility, validity, caps."""
+    try:
+        document = validate_offer(await _document(request), key)
+    except DefinitionError as exc:
+        raise _invalid(exc) from None
+    return await store_and_activate(_services(request), token.workspace_id, document)
+
+
+@router.put("/placements/{key}")
+async def put_placement(request: Request, token: Admin, key: KeyPath) -> dict[str, Any]:
+    """Apply a placement (JSON or YAML): its type, strategy and fallback."""
+    try:
+        document = validate_placement(await _document(request), key)
+    except DefinitionError as exc:
+        raise _invalid(exc) from None
+    return await store_and_activate(_services(request), token.workspace_id, document)
+
+
+@router.get("/offers")
+async def list_offers(request: Request, token: Read) -> dict[str, Any]:
+    rows = await run_in_threadpool(_services(request).definitions.latest, token.workspace_id,
+                                   OFFER)  # fmt: skip
+    return {"offers": [_summary(r) for r in rows]}
+
+
+@router.get("/placements")
+async def list_placements(request: Request, token: Read) -> dict[str, Any]:
+    rows = await run_in_threadpool(_services(request).definitions.latest, token.workspace_id,
+                                   PLACEMENT)  # fmt: skip
+    return {"placements": [_summary(r) for r in rows]}
+
+
+@router.get("/offers/{key}")
+async def get_offer(request: Request, token: Read, key: KeyPath) -> dict[str, Any]:
+    return await _get(request, token.workspace_id, OFFER, key)
+
+
+@router.get("/placements/{key}")
+async def get_placement(request: Request, token: Read, key: KeyPath) -> dict[str, Any]:
+    """A placement, with its bandit's evidence per arm and offer."""
+    body = await _get(request, token.workspace_id, PLACEMENT, key)
+    evidence = await run_in_threadpool(_services(request).decider.evidence, token.workspace_id,
+                                       key)  # fmt: skip
+    body["evidence"] = [{"arm": arm, "offer": offer, "impressions": shown,
+                         "interactions": acted} for (arm, offer), (shown, acted)
+                        in sorted(evidence.items())]  # fmt: skip
+    return body
