@@ -12,12 +12,19 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-demo: $(STAMP)
+# three.js for the browser showroom (/showroom/), pinned with the JavaScript SDK's dev tools.
+SDK_MODULES := sdk/js/node_modules/.package-lock.json
+
+$(SDK_MODULES): sdk/js/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then cd sdk/js && npm ci --no-audit --no-fund; \
+	else echo "npm not found: the browser showroom needs three.js (npm ci in sdk/js)"; fi
+
+demo: $(STAMP) $(SDK_MODULES)
 	$(BIN)/python -m worldflow.demo
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 
 test: $(STAMP) lint

@@ -27,3 +27,8 @@ def test_demo_runs_to_completion(tmp_path: Path) -> None:
     mails = re.search(r"(\d+) e-mails? received by the demo's mail sink", out.stdout)
     assert mails is not None and int(mails[1]) >= 1, out.stdout
     assert "Thanks for coming to the concert, " in out.stdout
+    # The browser showroom: its scene registered, a world's key made, the address printed
+    # (three.js comes from sdk/js/node_modules, which make demo installs).
+    assert "registered scene paris-flagship" in out.stdout
+    if (Path(__file__).parents[1] / "sdk/js/node_modules/three").is_dir():
+        assert re.search(r"/showroom/\?key=wk_\S+", out.stdout), out.stdout

@@ -8,6 +8,7 @@ import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -20,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from worldflow import __version__, admin
+from worldflow import __version__, admin, showroom
 from worldflow.actions import api as actions_api
 from worldflow.collect import http as ingest_http
 from worldflow.collect import push, stream
@@ -188,6 +189,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.include_router(actions_api.router)
     app.include_router(journeys_api.router)
     app.include_router(scenes_api.router)
+    showroom.mount(app, Path(settings.showroom_dir) if settings.showroom_dir else None)
 
     # Browsers post to the ingest paths from any page of the brand's site or world.
     app.add_middleware(

@@ -52,6 +52,9 @@ DEMO_SECRET = "whsec_" + base64.b64encode(b"worldflow-demo-crm-secret-32byte").d
 
 console = Console()
 SEGMENTS = DEFAULT_MODEL.parent / "segments"  # the example workspace's segments and scores
+SHOWROOM = DEFAULT_MODEL.parent / "showroom"  # the browser showroom's page and scene
+SHOWROOM_SCENE = "paris-flagship"
+SHOWROOM_WORLD = "paris-showroom"
 
 
 def _get(url: str, *, admin: bool = True) -> Any:
@@ -353,6 +356,46 @@ def _show_mail(mail: MailSink, shown: int = 5) -> None:
         console.print(f"  … and {len(received) - shown:,} more")
 
 
+def _post(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(  # noqa: S310 - local URL
+        url, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        return json.loads(resp.read())
+
+
+def _showroom(url: str, data_dir: Path) -> str | None:
+    """Registers the browser showroom's scene and makes (once per data dir) a world's key for
+    it; the address to open, or None when three.js is not installed."""
+    request = urllib.request.Request(  # noqa: S310 - local URL
+        f"{url}/v1/scenes/{SHOWROOM_SCENE}?world={SHOWROOM_WORLD}", method="PUT",
+        data=(SHOWROOM / "showroom.gltf").read_bytes(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "model/gltf+json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
+        scene = json.loads(resp.read())
+    console.print(f"registered scene [bold]{SHOWROOM_SCENE}[/bold] version {scene['version']}: "
+                  f"{scene['products']} products, {scene['zones']} zones, "
+                  f"{scene['placements']} placements")  # fmt: skip
+    try:
+        _get(f"{url}/showroom/three/build/three.module.js", admin=False)
+    except urllib.error.HTTPError:
+        console.print("[yellow]the browser showroom needs three.js: run `npm ci` in sdk/js "
+                      "(make demo does when npm is installed)[/yellow]")  # fmt: skip
+        return None
+    # A world's key is shown once when made: the demo keeps its own beside the data.
+    saved = data_dir / "demo-showroom.key"
+    known = {s["id"] for s in _get(f"{url}/v1/sources")["sources"]}
+    if saved.exists():
+        source_id, key = saved.read_text().split()
+        if source_id in known:
+            return f"{url}/showroom/?key={key}"
+    made = _post(f"{url}/v1/sources", {"name": "browser showroom", "world": SHOWROOM_WORLD})
+    saved.write_text(f"{made['id']} {made['write_key']}\n")
+    return f"{url}/showroom/?key={made['write_key']}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, default=int(os.environ.get("WORLDFLOW_PORT", "8080")))
@@ -375,6 +418,7 @@ def main() -> None:
         for answer in apply(SEGMENTS, url, ADMIN_TOKEN):
             console.print(f"applied {answer['kind']} [bold]{answer['key']}[/bold] "
                           f"version {answer['version']}")  # fmt: skip
+        showroom = _showroom(url, Path(args.data_dir))
         dashboard = Dashboard(url, receiver, mail)
         done = threading.Event()
 
@@ -419,6 +463,13 @@ def main() -> None:
         bearer = f"-H 'Authorization: Bearer {ADMIN_TOKEN}'"
         someone = person["id"] if person else "<profile id>"
         user = (person or {}).get("identities", {}).get("user_id", ["<user id>"])[0]
+        if showroom is not None:
+            console.print(
+                f"\n[bold]Walk the showroom in a browser:[/bold] {showroom}\n"
+                "  look at the sneakers on the left for a few seconds, walk back to the entrance,"
+                "\n  and the lobby billboard shows you the offer the showroom-sneakers journey "
+                "pushed"
+            )  # fmt: skip
         console.print(
             f"\n[bold]Worldflow is running on {url}[/bold]\n"
             f"  API docs          {url}/docs\n"

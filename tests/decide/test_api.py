@@ -47,6 +47,13 @@ def run_it(server: ServerProcess) -> None:
             assert admin.put(f"/v1/offers/{key}", json=document).status_code == 200
         for path in ("/v1/placements/lobby-billboard", *(f"/v1/offers/{k}" for k in OFFERS)):
             wait_for(lambda p=path: admin.get(p).json()["status"]["state"] == "active")
+        # Segments and scores are still applied beside offers and placements (which are not
+        # checked as segments or scores).
+        segment = {"condition": {"==": [{"var": "traits.plan"}, "vip"]}}
+        score = {"rules": [{"event": "object.viewed", "points": 1}]}
+        for _ in range(2):  # new, then the same again
+            assert admin.put("/v1/segments/vips", json=segment).status_code == 200
+            assert admin.put("/v1/scores/views", json=score).status_code == 200
     client = SegmentClient(server.write_key, host=server.url, sync_mode=True)
     client.identify(user_id="ada", traits={"plan": "vip"})
     client.flush()

@@ -53,10 +53,12 @@ async def _put(request: Request, workspace_id: str, kind: str, key: str) -> dict
     svc = _services(request)
     try:
         document = validate(await _document(request), kind, key)
-        # The whole set must still hold together (segments reading each other in a cycle).
+        # The segments and scores must still hold together (segments reading each other in a
+        # cycle); journeys, offers and placements only read them.
         others = [compile_definition(d, v) for v, d in
                   await run_in_threadpool(svc.definitions.documents, workspace_id)
-                  if d["kind"] != "journey" and (d["kind"], d["key"]) != (kind, key)]  # fmt: skip
+                  if d["kind"] in ("segment", "score")
+                  and (d["kind"], d["key"]) != (kind, key)]  # fmt: skip
         Definitions(workspace_id, [*others, compile_definition(document, 0)])
     except DefinitionError as exc:
         raise _invalid(exc) from None
