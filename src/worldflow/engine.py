@@ -376,7 +376,7 @@ class Processor:
                     offers[one.key] = one
                 elif not isinstance(one, Placement):  # (placements are the decide API's)
                     compiled.append(one)
-            self._journeys[workspace_id] = _live(workspace_id, journeys, messaging)
+            self._journeys[workspace_id] = _live(workspace_id, journeys, messaging, offers)
             self._offers[workspace_id] = offers
             self._plan(workspace_id, None)
             hidden = _hidden(journeys, offers)
@@ -504,7 +504,7 @@ class Processor:
             self._commit()
             progress("backfilling")
         self._definitions[ws] = new
-        self._journeys[ws] = _live(ws, journeys, messaging)
+        self._journeys[ws] = _live(ws, journeys, messaging, offers)
         self._offers[ws] = offers
         self._plan(ws, now)
         self._activated += [(ws, kind, key, version) for (kind, key), (version, _) in
@@ -1006,9 +1006,12 @@ def _hidden(journeys: list[Journey], offers: dict[str, Offer]) -> list[Segment]:
                                                         for s in o.hidden)]  # fmt: skip
 
 
-def _live(workspace_id: str, journeys: list[Journey], messaging: Messaging | None) -> Journeys:
-    """The journeys whose runs the processor moves (drafts take no part)."""
-    return Journeys(workspace_id, [j for j in journeys if j.status != "draft"], messaging)
+def _live(workspace_id: str, journeys: list[Journey], messaging: Messaging | None,
+          offers: dict[str, Offer]) -> Journeys:  # fmt: skip
+    """The journeys whose runs the processor moves (drafts take no part), with the offers
+    their in-world actions may name."""
+    return Journeys(workspace_id, [j for j in journeys if j.status != "draft"], messaging,
+                    offers)  # fmt: skip
 
 
 def _evict(cache: dict[Any, Any], bound: int) -> None:

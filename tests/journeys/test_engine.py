@@ -391,3 +391,36 @@ def test_a_wait_until_without_an_offset_is_refused() -> None:
            "steps": [{"wait_until": {"at": "2026-12-24T18:00:00"}}]}  # fmt: skip
     with pytest.raises(DefinitionError, match=r"steps\[0\]\.wait_until\.at: .* with its offset"):
         validate(bad)
+
+
+def test_an_inworld_action_naming_an_offer_carries_its_content_as_it_was_then(h: Harness) -> None:
+    billboard = {"kind": "journey", "key": "billboard", "status": "active",
+                 "entry": {"event": "zone.entered"}, "reentry": "always",
+                 "steps": [{"action": {"inworld": {"placement": "lobby-billboard",
+                                                   "offer": "sneakers-10"}}}]}  # fmt: skip
+    sneakers = {"kind": "offer", "key": "sneakers-10", "placements": ["lobby-billboard"],
+                "content": {"type": "text", "title": "-10 %",
+                            "text": "on every sneaker"}}  # fmt: skip
+    h.apply(billboard)
+    zone = track("zone.entered", {"zone_id": "lobby"}, userId="u1", context=CTX)
+    h.send(zone)  # no such offer yet: declined and counted, nothing decided
+    h.apply(sneakers)
+    h.send(zone | {"messageId": "z2"})
+    h.apply(sneakers | {"content": {"type": "text", "text": "-20 % today"}})
+    h.send(zone | {"messageId": "z3"})
+    h.apply(sneakers | {"status": "paused"})
+    h.send(zone | {"messageId": "z4"})
+    h.process()
+    actions = [json.loads(r["payload"])["action"] for r in rows(h)]
+    assert actions == [
+        {"placement": "lobby-billboard", "offer": "sneakers-10",
+         "content": {"creative_id": "sneakers-10", "type": "text", "title": "-10 %",
+                     "text": "on every sneaker"}},
+        {"placement": "lobby-billboard", "offer": "sneakers-10",
+         "content": {"creative_id": "sneakers-10", "type": "text", "text": "-20 % today"}},
+    ]  # fmt: skip
+    c = journey_stats.c
+    with h.sql.engine.connect() as conn:
+        found = conn.execute(sa.select(c.metric, c.count).where(c.journey == "billboard"))
+        counted = {row[0]: row[1] for row in found}
+    assert counted["offer_unavailable:inworld"] == 2 and counted["actions:inworld"] == 2

@@ -175,6 +175,7 @@ def test_a_visitor_looks_at_sneakers_and_the_billboard_changes(
                 "the journey's in-world action on the billboard", timeout=45,
             )  # fmt: skip
             assert shown["content"]["title"] == OFFER
+            assert shown["content"]["creative_id"] == "sneakers-10"  # the offer the step names
             assert shown["actionId"].startswith("iw_")
             billboard = page.text_content('#placements li[data-placement="lobby-billboard"]')
             assert billboard is not None and OFFER in billboard

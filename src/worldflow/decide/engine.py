@@ -125,13 +125,10 @@ class Decider:
             return found
         a = active_definitions.c
         with self.engine.connect() as conn:
-            versions = frozenset(
-                conn.execute(
-                    sa.select(a.kind, a.key, a.version).where(
-                        a.workspace_id == workspace_id, a.kind.in_((OFFER, PLACEMENT))
-                    )
-                ).tuples()
+            query = sa.select(a.kind, a.key, a.version).where(
+                a.workspace_id == workspace_id, a.kind.in_((OFFER, PLACEMENT))
             )
+            versions = frozenset((kind, key, version) for kind, key, version in conn.execute(query))
         if found is not None and found.versions == versions:
             found.loaded = now
             return found

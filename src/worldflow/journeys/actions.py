@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import logging
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, ClassVar, Final
@@ -39,6 +40,7 @@ from worldflow.segments.definition import (
 )
 
 if TYPE_CHECKING:
+    from worldflow.decide.definition import Offer
     from worldflow.journeys.definition import Journey, Step
     from worldflow.journeys.engine import Effects
     from worldflow.profiles.model import Profile, Run
@@ -55,8 +57,10 @@ class Context:
     """One action being taken: who, where in which run, when, and the ways it may act."""
 
     def __init__(self, workspace_id: str, profile: Profile, journey: Journey, run: Run,
-                 step: Step, now: int, effects: Effects) -> None:  # fmt: skip
+                 step: Step, now: int, effects: Effects,
+                 offers: Mapping[str, Offer] | None = None) -> None:  # fmt: skip
         self.workspace_id = workspace_id
+        self.offers = offers or {}  # the workspace's offers, by key
         self.profile = profile
         self.journey = journey
         self.run = run
@@ -236,6 +240,21 @@ class InWorld(ActionKind):
             )
         if "expires" in spec:
             parse_duration(spec["expires"], f"{path}.expires")
+
+    def prepare(self, spec: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
+        """The action with the content of the offer it names (``offer: KEY`` without
+        ``content``), as the offer is at this point of the log; None when that offer is not
+        there, paused or not valid now."""
+        action = spec["inworld"]
+        key = action.get("offer")
+        if not isinstance(key, str) or isinstance(action.get("content"), dict):
+            return spec
+        offer = ctx.offers.get(key)
+        if offer is None or offer.status != "active" or not offer.valid_at(ctx.now):
+            ctx.count("offer_unavailable:inworld")
+            return None
+        content = {"creative_id": key, **offer.content}
+        return {**spec, "inworld": {**action, "content": content}}
 
     def take(self, spec: dict[str, Any], ctx: Context) -> None:
         payload = {**ctx.envelope(), "action": spec["inworld"], "world": spec.get("world"),

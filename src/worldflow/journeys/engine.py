@@ -13,11 +13,11 @@ same ones (with the same ids).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from datetime import time as dt_time
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
@@ -28,6 +28,9 @@ from worldflow.log import LogRecord
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Run
 from worldflow.segments.incremental import Transition
+
+if TYPE_CHECKING:
+    from worldflow.decide.definition import Offer
 
 API_ENTRY: Final = "journey.entry_requested"  # the event of an entry by API call
 MAX_STEPS_AT_ONCE: Final = 100  # a run that loops without waiting stops here (and exits)
@@ -61,10 +64,12 @@ class Journeys:
     """The compiled journeys of one workspace, indexed by what starts and ends their runs."""
 
     def __init__(self, workspace_id: str, journeys: Iterable[Journey],
-                 messaging: Messaging | None = None) -> None:  # fmt: skip
+                 messaging: Messaging | None = None,
+                 offers: Mapping[str, Offer] | None = None) -> None:  # fmt: skip
         self.workspace_id = workspace_id
         self.journeys = {j.key: j for j in journeys}
         self.messaging = messaging  # the workspace's caps and quiet hours
+        self.offers = offers or {}  # what in-world actions may name (``offer: KEY``)
         self.by_event: dict[str, list[Journey]] = {}
         self.by_segment: dict[tuple[str, bool], list[Journey]] = {}
         for journey in self.journeys.values():
@@ -373,7 +378,8 @@ class Journeys:
         if kind is None:  # its plugin is gone since the journey was applied
             effects.count(self.workspace_id, journey, f"unknown_action:{step.action_kind}")
             return False
-        ctx = actions.Context(self.workspace_id, profile, journey, run, step, now, effects)
+        ctx = actions.Context(self.workspace_id, profile, journey, run, step, now, effects,
+                              self.offers)  # fmt: skip
         prepared = kind.prepare(step.action or {}, ctx)
         if prepared is None:
             return False  # declined (no consent, no address, a template that fails…)
