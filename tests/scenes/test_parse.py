@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 
 from tests.scenes.files import RUNNER_SKU, document, glb_bytes, gltf_bytes, showroom, x3d
+from worldflow.decide import definition as decide_definition
 from worldflow.events.catalogue import Catalogue
-from worldflow.scenes import gltf
+from worldflow.scenes import gltf, registry
 from worldflow.scenes.registry import (
     ZONE_TYPES,
     Scene,
@@ -309,6 +310,10 @@ def test_zone_types_are_the_catalogues() -> None:
     spec = Catalogue.default().get("zone.entered")
     assert spec is not None
     assert spec.fields["zone_type"].choices == ZONE_TYPES
+
+
+def test_placement_types_are_the_decision_apis() -> None:
+    assert registry.PLACEMENT_TYPES == decide_definition.PLACEMENT_TYPES
 
 
 def test_formats_from_names_and_first_bytes() -> None:

@@ -18,7 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 KINDS: Final = ("object", "product", "zone", "placement")
-PLACEMENT_TYPES: Final = ("billboard", "shelf", "npc", "portal")
+# The decision API's placement types (decide/definition.py; a test keeps them in step).
+PLACEMENT_TYPES: Final = ("billboard", "shelf", "npc", "portal", "screen", "audio")
 # The catalogue's zone.entered zone_type values (a test keeps them in step).
 ZONE_TYPES: Final = ("showroom", "stage", "lobby", "checkout", "booth", "portal_hub")
 FORMATS: Final = ("gltf", "glb", "x3d")
