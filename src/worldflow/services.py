@@ -17,6 +17,7 @@ from worldflow.collect.auth import Authenticator
 from worldflow.collect.ingest import Ingestor
 from worldflow.config import Settings
 from worldflow.decide.engine import Decider, DecisionLog
+from worldflow.decide.learner import Learner
 from worldflow.events.catalogue import Catalogue
 from worldflow.events.cloudevents import CloudEventsTranslator
 from worldflow.events.model import Event
@@ -119,6 +120,7 @@ class Services:
     pusher: Pusher
     decider: Decider
     decision_log: DecisionLog
+    learner: Learner
     writer: WriterProcess | None = None  # owned by this process when it is the only worker
     processor: ProcessorProcess | None = None  # likewise
     deliverer: DelivererProcess | None = None  # likewise
@@ -145,6 +147,7 @@ class Services:
         )
         catalogue = Catalogue.default()
         ingestor = Ingestor(log, metrics)
+        learner = Learner(store.engine)
         return cls(
             settings=settings,
             store=store,
@@ -159,8 +162,9 @@ class Services:
             profiles=SqlProfileStore(store.engine),
             definitions=SqlDefinitionStore(store.engine),
             pusher=Pusher(PresenceStore(store.engine, worker_id()), metrics),
-            decider=Decider(store.engine, catalogue),
+            decider=Decider(store.engine, catalogue, recommend=learner.scores),
             decision_log=DecisionLog(functools.partial(_append_decisions, ingestor)),
+            learner=learner,
             writer=writer,
             processor=processor_process(settings, address) if writer is not None else None,
             deliverer=deliverer_process(settings, address) if writer is not None else None,
@@ -172,6 +176,7 @@ class Services:
         await self.log.start()
         self.pusher.start()
         self.decision_log.start()
+        self.learner.start()
         # The processor and the dispatcher start side by side: each waits for its own child.
         await asyncio.gather(
             *(
@@ -187,6 +192,7 @@ class Services:
         self.ready = False
         await self.pusher.stop()
         await self.decision_log.stop()
+        await self.learner.stop()
         await self.log.close()
         if self.deliverer is not None:
             await run_in_threadpool(self.deliverer.stop)

@@ -110,3 +110,35 @@ def run_it(server: ServerProcess) -> None:
             metrics = admin.get("/metrics").text
         assert {"arm": "", "offer": "sneakers-10", "impressions": 1, "interactions": 1} in evidence
         assert 'worldflow_decisions_total{strategy="fallback"}' in metrics
+    recommend(server, client)
+
+
+def recommend(server: ServerProcess, client: SegmentClient) -> None:
+    """A recommend placement: people who view runners view trail shoes too, so someone who
+    viewed runners is shown the trail shoes' offer, learnt from the log as it arrives."""
+
+    def view(who: str, sku: str) -> None:
+        client.track(anonymous_id=who, event="object.viewed", properties={
+            "obj": {"object_id": f"shelf/{sku}", "product": {"sku": sku}}})  # fmt: skip
+
+    for n in range(3):
+        view(f"runner-{n}", "RUNNER")
+        view(f"runner-{n}", "TRAIL")
+        view(f"coat-{n}", "PARKA")
+        view(f"coat-{n}", "SCARF")
+    view("grace", "RUNNER")
+    client.flush()
+    shelf = {"type": "shelf", "strategy": "recommend"}
+    with server.admin() as admin:
+        assert admin.put("/v1/placements/shelf", json=shelf).status_code == 200
+        for key, item in (("scarves", "SCARF"), ("trail-shoes", "TRAIL")):
+            offer = {"placements": ["shelf"], "item": item, "content": {"type": "text",
+                                                                        "text": key}}  # fmt: skip
+            assert admin.put(f"/v1/offers/{key}", json=offer).status_code == 200
+        wait_for(lambda: admin.get("/v1/offers/trail-shoes").json()["status"]["state"] == "active")
+    server.wait_processed()
+    with httpx.Client(base_url=server.url, auth=(server.write_key, ""), timeout=10) as http:
+        chosen = wait_for(lambda: (d := http.post("/v1/decide", json={
+            "placement": "shelf", "anonymousId": "grace"}).json())["offer"] == "trail-shoes"
+            and d)  # fmt: skip
+    assert chosen["strategy"] == "recommend"

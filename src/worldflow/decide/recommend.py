@@ -366,6 +366,32 @@ class CoEngagement:
             out.extend(self.popular(k - len(out), exclude=seen))
         return out
 
+    def score(self, history: Sequence[str], items: Collection[str]) -> dict[str, float]:
+        """How strongly ``history`` (oldest first) recommends each of ``items``: the score
+        `recommend` gives a candidate, from every stored neighbour (not only the strongest
+        `max_candidates`); an item none of the recent items leads to scores 0. When the
+        history leads to none of them, their popularity relative to the most popular item,
+        so that a newcomer is shown what most people engage with."""
+        recent = history[-self.max_history :]
+        decay, n = self.history_decay, len(recent)
+        total = float(n) if decay == 1.0 else (1.0 - decay**n) / (1.0 - decay)
+        wanted = set(items)
+        acc = dict.fromkeys(wanted, 0.0)
+        recency = 1.0 / total if n else 0.0
+        alpha, nbrs, norm = -self.asymmetry, self._nbrs, self._norm
+        for seen_item in reversed(recent):
+            neighbours = nbrs.get(seen_item)
+            if neighbours:
+                factor = recency * norm[seen_item] ** alpha
+                for item in wanted.intersection(neighbours):
+                    acc[item] += neighbours[item] * factor
+            recency *= decay
+        if any(acc.values()):
+            return {item: value * self._damp.get(item, 0.0) for item, value in acc.items()}
+        ranked = self.popular(1)
+        top = self._pop.get(ranked[0].item, 0.0) if ranked else 0.0
+        return {item: (self._pop.get(item, 0.0) / top if top else 0.0) for item in wanted}
+
     def recommend_for(
         self, person: str, k: int = 10, exclude: Collection[str] = ()
     ) -> list[Scored]:
