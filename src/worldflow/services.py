@@ -174,6 +174,9 @@ class Services:
         if self.writer is not None:
             await run_in_threadpool(self.writer.start)
         await self.log.start()
+        from worldflow.collect.push import decide_action  # (it imports these services)
+
+        self.pusher.decide = functools.partial(decide_action, self)
         self.pusher.start()
         self.decision_log.start()
         self.learner.start()

@@ -25,6 +25,15 @@ GREETER = {
         "inworld": {"placement": "lobby-billboard", "content": {"text": "Welcome back"}},
         "world": WORLD, "expires": "1h"}}],
 }  # fmt: skip
+DECIDED = {
+    "status": "active", "reentry": "always",
+    "entry": {"event": "zone.entered", "where": {"==": [{"var": "zone_id"}, "gallery"]}},
+    "steps": [{"action": {"inworld": {"placement": "gallery-screen", "decide": True},
+                          "expires": "1h"}}],
+}  # fmt: skip
+SCREEN = {"type": "screen", "fallback": {"type": "text", "text": "Welcome to the gallery"}}
+PARKA = {"placements": ["gallery-screen"], "content": {"type": "text", "text": "Parkas -20 %"},
+         "eligible": {">=": [{"count": {"event": "zone.entered", "within": "1d"}}, 1]}}  # fmt: skip
 FLEETING = {
     "status": "active", "reentry": "always",
     "entry": {"event": "zone.entered", "where": {"==": [{"var": "zone_id"}, "stage"]}},
@@ -39,7 +48,10 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         with srv.admin() as admin:
             made = admin.post("/v1/sources", json={"name": "showroom", "world": WORLD})
             assert made.status_code == 201 and made.json()["world"] == WORLD
-            for key, journey in (("greeter", GREETER), ("fleeting", FLEETING)):
+            assert admin.put("/v1/placements/gallery-screen", json=SCREEN).status_code == 200
+            assert admin.put("/v1/offers/parka", json=PARKA).status_code == 200
+            for key, journey in (("greeter", GREETER), ("fleeting", FLEETING),
+                                 ("decided", DECIDED)):  # fmt: skip
                 assert admin.put(f"/v1/journeys/{key}", json=journey).status_code == 200
                 wait_for(lambda k=key: admin.get(f"/v1/journeys/{k}").json()["status"]["state"]
                          == "active")  # fmt: skip
@@ -174,3 +186,39 @@ def test_an_action_for_someone_away_waits_for_their_visit_or_expires(
         ask(ws, {"type": "hello", "anonymousId": "a3"})
         action = receive(ws)
         assert action["id"] == waiting[0]["id"] and action["placement"] == "lobby-billboard"
+
+
+def test_decisions_over_the_channel_and_pushed_by_a_journey(
+    server: tuple[ServerProcess, str],
+) -> None:
+    srv, key = server
+    with open_push(srv, key) as ws:
+        early = ask(ws, {"type": "decide", "placement": "gallery-screen"})
+        assert (early["type"], early["code"]) == ("error", "hello_first")
+        ask(ws, {"type": "hello", "anonymousId": "a5", "zone": "gallery"})
+        # Someone new is eligible for nothing: the placement's fallback, with a decision id.
+        first = ask(ws, {"type": "decide", "placement": "gallery-screen"})
+        assert (first["type"], first["offer"], first["fallback"]) == ("decision", None, True)
+        assert first["content"] == SCREEN["fallback"] and first["decision_id"].startswith("dc_")
+        missing = ask(ws, {"type": "decide", "placement": "nowhere"})
+        assert (missing["type"], missing["code"]) == ("error", "placement_not_found")
+        assert ask(ws, {"type": "decide"})["code"] == "invalid_decide"
+        # Entering the gallery starts the journey, whose action asks for a decision: made for
+        # them when it is pushed (now eligible for the parka), logged, acknowledged.
+        ask(ws, zone("a5", "gallery", 1))
+        action = receive(ws)
+        assert action["type"] == "action" and action["journey"] == "decided"
+        assert action["offer"] == "parka" and action["decision_id"].startswith("dc_")
+        assert action["content"] == {**PARKA["content"], "creative_id": "parka"}
+        ws.send(json.dumps({"type": "ack", "id": action["id"]}))
+        wait_for(lambda: delivery(srv, action["id"])["state"] == "delivered")
+
+    def served_events() -> dict[str, Any]:
+        return {e["event"]["properties"]["decision_id"]: e["event"] for e in srv.log_events()
+                if e["event"]["name"] == "decision.served"}  # fmt: skip
+
+    served = wait_for(lambda: (d := served_events()) and action["decision_id"] in d and d)
+    assert {first["decision_id"], action["decision_id"]} <= set(served)
+    pushed = served[action["decision_id"]]
+    assert pushed["anonymous_id"] == "a5" and pushed["properties"]["variant"] == "parka"
+    assert pushed["context"]["zone"] == "gallery"

@@ -424,3 +424,22 @@ def test_an_inworld_action_naming_an_offer_carries_its_content_as_it_was_then(h:
         found = conn.execute(sa.select(c.metric, c.count).where(c.journey == "billboard"))
         counted = {row[0]: row[1] for row in found}
     assert counted["offer_unavailable:inworld"] == 2 and counted["actions:inworld"] == 2
+
+
+def test_an_inworld_action_that_decides_or_names_an_offer_is_checked() -> None:
+    from worldflow.journeys.definition import validate
+    from worldflow.segments.definition import DefinitionError
+
+    def inworld(action: dict[str, Any]) -> dict[str, Any]:
+        return {"key": "j", "entry": {"api": True}, "steps": [{"action": {"inworld": action}}]}
+
+    for action, where in (({"placement": "p", "decide": "yes"}, "decide"),
+                          ({"decide": True}, "placement"),
+                          ({"placement": "p", "decide": True, "content": {"text": "x"}},
+                           "content"),
+                          ({"placement": "p", "decide": True, "offer": "o"}, "offer"),
+                          ({"placement": "p", "offer": "Not A Key"}, "offer")):  # fmt: skip
+        with pytest.raises(DefinitionError) as exc:
+            validate(inworld(action))
+        assert exc.value.path == f"steps[0].action.inworld.{where}", action
+    validate(inworld({"placement": "p", "decide": True}))

@@ -487,8 +487,9 @@ export class Worldflow {
   }
 
   async #deliverAction(frame) {
+    // An action a journey asked to be decided carries its decision's id (attribution).
     const shown = { placement: frame.placement, content: frame.content ?? {}, data: frame.data ?? {},
-      actionId: frame.id, source: 'action' }
+      actionId: frame.id, decisionId: frame.decision_id, source: 'action' }
     if (frame.placement) {
       if (!this.placements.has(frame.placement)) return this.#wait(frame)
       await this.placements.apply(shown)

@@ -71,6 +71,20 @@ test('an action is applied by its placement handler, acknowledged, and sends con
   await wf.close()
 })
 
+test('a decided action carries its decision id into the impression', async () => {
+  const { wf, connection } = await connected()
+  wf.placement('gallery-screen', () => {})
+  connection.send({ type: 'action', id: 'iw_2', placement: 'gallery-screen', decision_id: 'dc_7', offer: 'parka',
+    content: { type: 'text', text: 'Parkas -20 %', creative_id: 'parka' }, expires_at: null, data: { placement: 'gallery-screen', decide: true } })
+  await connection.next((f) => f.type === 'ack')
+  wf.flush()
+  const batch = await connection.next((f) => Array.isArray(f.batch) && f.batch.some((m) => m.event === 'content.impression'))
+  assert.deepEqual(tracks(batch.batch, 'content.impression')[0].properties,
+    { placement_id: 'gallery-screen', creative_id: 'parka', decision_id: 'dc_7' })
+  assert.equal(wf.shown('gallery-screen').decisionId, 'dc_7')
+  await wf.close()
+})
+
 test('events go over the socket as {id, batch} and are done when the server acks them', async () => {
   const { wf, connection } = await connected()
   await wf.track('custom.over_socket')

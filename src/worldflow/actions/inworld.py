@@ -31,6 +31,7 @@ import os
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -46,6 +47,8 @@ from worldflow.store.sql import SourceRef
 
 log = logging.getLogger(__name__)
 
+Decide = Callable[["InWorld", "Connection"], Awaitable[dict[str, Any] | None]]
+
 POLL_S: Final = 0.005  # how often due in-world deliveries are looked for
 ACK_TIMEOUT_MS: Final = 10_000  # an action not acknowledged by then is sent again
 ELSEWHERE_RECHECK_MS: Final = 1_000  # a person on another worker: looked at again after this
@@ -53,6 +56,7 @@ DEFAULT_EXPIRY_MS: Final = 86_400_000  # an action without ``expires`` waits a d
 RESOLVE_EVERY_S: Final = 0.1  # connections whose profile is not known yet
 REFRESH_EVERY_S: Final = 15.0  # presence rows kept fresh; profiles resolved again (merges)
 HEARTBEAT_S: Final = 25
+MAX_DECIDED: Final = 10_000  # decided actions' frames kept until acknowledged or expired
 
 
 @dataclass(eq=False)
@@ -91,6 +95,10 @@ class Pusher:
     def __init__(self, store: PresenceStore, metrics: Metrics) -> None:
         self.store = store
         self.metrics = metrics
+        # Decides for an action that asks for a decision (``decide: true``), set by the server
+        # (collect/push.py): the decision's body, or None when its placement is not active.
+        self.decide: Decide | None = None
+        self._frames: dict[str, dict[str, Any]] = {}  # decided actions' frames, sent again as is
         self.connections: dict[str, Connection] = {}
         # (workspace, profile_id | anonymous_id | user_id, value) → connections
         self.index: dict[tuple[str, str, str], set[Connection]] = {}
@@ -236,7 +244,7 @@ class Pusher:
             if not conns:
                 absent.append(row)
                 continue
-            frame = _frame(row, expires)
+            frame = await self._frame(row, expires, conns[0])
             if any([await c.send(frame) for c in conns]):
                 sent.append((row.id, now + ACK_TIMEOUT_MS))
                 if row.attempts == 0:
@@ -252,11 +260,31 @@ class Pusher:
                 else:
                     waiting.append((row.id, _expires_ms(row)))
         await run_in_threadpool(self.store.settle, sent, waiting, later, expired, acks, now)
+        for ident in (*expired, *(ident for _, ident in acks)):
+            self._frames.pop(ident, None)
         m = self.metrics.push_actions
         for outcome, rows in (("sent", sent), ("waiting", waiting), ("expired", expired),
                               ("acknowledged", acks)):  # fmt: skip
             if rows:
                 m.labels(outcome).inc(len(rows))
+
+    async def _frame(self, row: InWorld, expires_ms: int, conn: Connection) -> dict[str, Any]:
+        """The action's frame; one that asks for a decision is decided when first sent (for
+        the person where they are then) and sent again as it was."""
+        frame = self._frames.get(row.id)
+        if frame is not None:
+            return frame
+        frame = _frame(row, expires_ms)
+        if frame["data"].get("decide") is not True or self.decide is None:
+            return frame
+        decided = await self.decide(row, conn)
+        if decided is not None:
+            frame.update(content=decided["content"], decision_id=decided["decision_id"],
+                         offer=decided["offer"])  # fmt: skip
+        self._frames[row.id] = frame
+        if len(self._frames) > MAX_DECIDED:  # bounded: the oldest are decided again if resent
+            del self._frames[next(iter(self._frames))]
+        return frame
 
     def _connections_for(self, row: InWorld) -> list[Connection]:
         """The connections of the row's person in its world: by profile, else by the ids
@@ -298,7 +326,8 @@ def _frame(row: InWorld, expires_ms: int) -> dict[str, Any]:
     action = action if isinstance(action, dict) else {}
     content = action.get("content")
     if not isinstance(content, dict):
-        content = {k: v for k, v in action.items() if k not in ("placement", "content")}
+        content = {k: v for k, v in action.items()
+                   if k not in ("placement", "content", "decide")}  # fmt: skip
     return {"type": "action", "id": row.id, "placement": action.get("placement"),
             "content": content, "data": action, "journey": row.payload.get("journey"),
             "step": row.payload.get("step"), "expires_at": iso(expires_ms)}  # fmt: skip

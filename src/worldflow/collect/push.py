@@ -12,7 +12,9 @@ many people opens one connection per person); the server answers the first one w
 (answered like ``/v1/stream``, the world filled in where a message names none; a message of
 another world is refused). The server sends ``{"type": "action", "id", "placement",
 "content", "data", "journey", "step", "expires_at"}``; the client answers ``{"type": "ack",
-"id"}`` once it applied it. ``{"type": "ping"}`` gets ``{"type": "pong"}``.
+"id"}`` once it applied it. ``{"type": "ping"}`` gets ``{"type": "pong"}``. ``{"type":
+"decide", "placement", "context"}`` gets ``{"type": "decision", …}``: what POST /v1/decide
+answers, for the person the connection speaks for, where they are.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from worldflow.admin import Read, _services
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
 from worldflow.collect.stream import handle_frame
+from worldflow.decide.api import serve_decision
+from worldflow.segments.definition import KEY
+from worldflow.services import Services
+from worldflow.store.presence import InWorld
 
 router = APIRouter()
 
@@ -43,6 +49,8 @@ class _Hello(msgspec.Struct, rename="camel"):
     zone: str | None = None
     world: str | None = None
     id: str | None = None
+    placement: str | None = None  # decide
+    context: dict[str, Any] | None = None  # decide
 
 
 _decode_control = msgspec.json.Decoder(_Hello)
@@ -73,7 +81,7 @@ async def push(websocket: WebSocket) -> None:
                 return
             text = message.get("text")
             raw: bytes = text.encode() if text is not None else message.get("bytes") or b""
-            reply = await _control(pusher, conn, raw)
+            reply = await _control(svc, conn, raw)
             if reply is None:  # events
                 reply = await handle_frame(svc, source, raw, world=conn.world)
             if reply:
@@ -85,19 +93,20 @@ async def push(websocket: WebSocket) -> None:
         pusher.remove(conn)
 
 
-async def _control(pusher: Pusher, conn: Connection, raw: bytes) -> bytes | None:
-    """The answer to a control frame (hello, ack, ping): b"" for none, None for events."""
+async def _control(svc: Services, conn: Connection, raw: bytes) -> bytes | None:
+    """The answer to a control frame (hello, ack, ping, decide): b"" for none, None for
+    events."""
     if b'"type"' not in raw:
         return None
     try:
         frame = _decode_control.decode(raw)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None  # an event frame with a "type" inside, or bad: the event path says
+    pusher: Pusher = svc.pusher
     if frame.type == "hello":
         problem = _check_hello(conn, frame)
         if problem is not None:
-            return msgspec.json.encode({"type": "error", "code": "invalid_hello",
-                                        "message": problem})  # fmt: skip
+            return _error("invalid_hello", problem)
         pusher.hello(conn, frame.anonymous_id, frame.user_id, frame.zone)
         if conn.greeted:
             return b""
@@ -106,19 +115,47 @@ async def _control(pusher: Pusher, conn: Connection, raw: bytes) -> bytes | None
                                     "heartbeat_s": HEARTBEAT_S})  # fmt: skip
     if frame.type == "ack":
         if not frame.id or len(frame.id) > MAX_ID:
-            return msgspec.json.encode({"type": "error", "code": "invalid_ack",
-                                        "message": "id: the id of the action"})  # fmt: skip
+            return _error("invalid_ack", "id: the id of the action")
         pusher.ack(conn, frame.id)
         return b""
     if frame.type == "ping":
         return b'{"type":"pong"}'
-    return msgspec.json.encode(
-        {
-            "type": "error",
-            "code": "unknown_type",
-            "message": f"type: {frame.type!r} is not hello, ack or ping",
-        }
-    )
+    if frame.type == "decide":
+        return await _decide(svc, conn, frame)
+    return _error("unknown_type", f"type: {frame.type!r} is not hello, ack, ping or decide")
+
+
+async def _decide(svc: Services, conn: Connection, frame: _Hello) -> bytes:
+    """A decision for the person this connection speaks for, where they are now."""
+    if not conn.greeted:
+        return _error("hello_first", "type: say hello (who this connection speaks for) before "
+                      "asking for a decision")  # fmt: skip
+    if frame.placement is None or not KEY.fullmatch(frame.placement):
+        return _error("invalid_decide", "placement: the key of a placement is required")
+    context = {"world": conn.world, "zone": conn.zone, **(frame.context or {})}
+    decision = await serve_decision(svc, conn.source.workspace_id, conn.source.source_id,
+                                    frame.placement, conn.user_id, conn.anonymous_id,
+                                    context)  # fmt: skip
+    if decision is None:
+        return _error("placement_not_found", f"placement: no placement {frame.placement!r} "
+                      "is active in this workspace")  # fmt: skip
+    return msgspec.json.encode({"type": "decision", **decision.body()})
+
+
+async def decide_action(svc: Services, row: InWorld, conn: Connection) -> dict[str, Any] | None:
+    """The decision a journey's in-world action asks for (``decide: true``), for its
+    placement, for the person this connection speaks for, where they are now."""
+    placement = row.payload.get("action", {}).get("placement")
+    if not isinstance(placement, str):
+        return None
+    context = {"world": conn.world, "zone": conn.zone}
+    decision = await serve_decision(svc, row.workspace_id, conn.source.source_id, placement,
+                                    conn.user_id, conn.anonymous_id, context)  # fmt: skip
+    return decision.body() if decision is not None else None
+
+
+def _error(code: str, message: str) -> bytes:
+    return msgspec.json.encode({"type": "error", "code": code, "message": message})
 
 
 def _check_hello(conn: Connection, frame: _Hello) -> str | None:

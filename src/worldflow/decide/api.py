@@ -18,6 +18,7 @@ from worldflow.decide.definition import OFFER, PLACEMENT, validate_offer, valida
 from worldflow.decide.engine import Decision
 from worldflow.segments.api import _document, _get, _invalid, _summary, store_and_activate
 from worldflow.segments.definition import KEY, DefinitionError
+from worldflow.services import Services
 
 router = APIRouter(prefix="/v1", tags=["decide"])
 KeyPath = Annotated[str, Path(pattern=KEY.pattern, description="the key")]
@@ -46,21 +47,37 @@ async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
     source = await svc.auth.source(credential_from_header(request.headers.get("authorization")))
     if not body.anonymous_id and not body.user_id:
         raise ApiError(400, "invalid_body", "anonymousId or userId: one is required")
-    decider = svc.decider
-    ws = source.workspace_id
-    catalog = await run_in_threadpool(decider.catalog, ws)
-    placement = catalog.placements.get(body.placement)
-    if placement is None:
+    decision = await serve_decision(svc, source.workspace_id, source.source_id, body.placement,
+                                    body.user_id, body.anonymous_id, body.context,
+                                    started)  # fmt: skip
+    if decision is None:
         raise ApiError(404, "placement_not_found", f"placement: no placement {body.placement!r} "
                        "is active in this workspace")  # fmt: skip
+    return decision.body()
+
+
+async def serve_decision(svc: Services, workspace_id: str, source_id: str, placement_key: str,
+                         user_id: str | None, anonymous_id: str | None,
+                         context: dict[str, Any],
+                         started: float | None = None) -> Decision | None:  # fmt: skip
+    """A decision for one person (POST /v1/decide, the push channel's ``decide`` frames and
+    journeys' pushed decisions), logged as ``decision.served`` without waiting for the log;
+    None when the placement is not active in the workspace. A slow or failing store gives
+    the placement's fallback."""
+    started = time.perf_counter() if started is None else started
+    decider = svc.decider
+    catalog = await run_in_threadpool(decider.catalog, workspace_id)
+    placement = catalog.placements.get(placement_key)
+    if placement is None:
+        return None
     offers = catalog.offers.get(placement.key, [])
-    who = body.user_id or body.anonymous_id or ""
+    who = user_id or anonymous_id or ""
     now = datetime.now(UTC)
     now_ms = int(now.timestamp() * 1000)
 
     def work() -> Decision:
-        profile = decider.person(ws, body.user_id, body.anonymous_id)
-        return decider.choose(ws, placement, offers, profile, who, now_ms)
+        profile = decider.person(workspace_id, user_id, anonymous_id)
+        return decider.choose(workspace_id, placement, offers, profile, who, now_ms)
 
     try:
         decision = await asyncio.wait_for(run_in_threadpool(work), DEADLINE_S)
@@ -68,17 +85,17 @@ async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
         svc.metrics.decisions.labels("fallback_error").inc()
         decision = decider.fallback(placement)
     if decision.offer is not None:
-        decider.remember(ws, who, decision.offer, now_ms)
-    context = dict(body.context)
+        decider.remember(workspace_id, who, decision.offer, now_ms)
+    context = dict(context)
     world = context.get("world")
     if isinstance(world, str):
         context["world"] = {"id": world}
     latency_ms = (time.perf_counter() - started) * 1000
-    svc.decision_log.add(decider.served_event(ws, source.source_id, decision, body.user_id,
-                                              body.anonymous_id, context, latency_ms,
+    svc.decision_log.add(decider.served_event(workspace_id, source_id, decision, user_id,
+                                              anonymous_id, context, latency_ms,
                                               now))  # fmt: skip
     svc.metrics.decisions.labels(decision.strategy).inc()
-    return decision.body()
+    return decision
 
 
 @router.put("/offers/{key}")

@@ -240,6 +240,20 @@ class InWorld(ActionKind):
             )
         if "expires" in spec:
             parse_duration(spec["expires"], f"{path}.expires")
+        action = spec["inworld"]
+        if "offer" in action:
+            key(action["offer"], f"{path}.inworld.offer", "the key of an offer")
+        if "decide" in action:
+            at = f"{path}.inworld"
+            if action["decide"] is not True:
+                raise DefinitionError(f"{at}.decide", "is true or absent")
+            if not isinstance(action.get("placement"), str):
+                raise DefinitionError(f"{at}.placement", "is required to decide: the "
+                                      "placement to decide for")  # fmt: skip
+            for other in ("content", "offer"):
+                if other in action:
+                    raise DefinitionError(f"{at}.{other}", "is decided: a decision chooses "
+                                          "the content (remove decide or this)")  # fmt: skip
 
     def prepare(self, spec: dict[str, Any], ctx: Context) -> dict[str, Any] | None:
         """The action with the content of the offer it names (``offer: KEY`` without
