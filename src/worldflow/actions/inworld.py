@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 Decide = Callable[["InWorld", "Connection"], Awaitable[dict[str, Any] | None]]
 
 POLL_S: Final = 0.005  # how often due in-world deliveries are looked for
+IDLE_POLL_S: Final = 0.5  # the same, while this worker holds no connection
 ACK_TIMEOUT_MS: Final = 10_000  # an action not acknowledged by then is sent again
 ELSEWHERE_RECHECK_MS: Final = 1_000  # a person on another worker: looked at again after this
 DEFAULT_EXPIRY_MS: Final = 86_400_000  # an action without ``expires`` waits a day at most
@@ -108,12 +109,14 @@ class Pusher:
         self._wake: set[tuple[str, str]] = set()
         self._task: asyncio.Task[None] | None = None
         self._stop = asyncio.Event()
+        self._nudge = asyncio.Event()  # a first connection: look now
 
     # -- connections (called from the WebSocket handlers) --------------------------------
 
     def add(self, conn: Connection) -> None:
         self.connections[conn.id] = conn
         self.metrics.push_connections.inc()
+        self._nudge.set()
 
     def remove(self, conn: Connection) -> None:
         if self.connections.pop(conn.id, None) is None:
@@ -175,6 +178,7 @@ class Pusher:
 
     async def stop(self) -> None:
         self._stop.set()
+        self._nudge.set()
         if self._task is not None:
             await self._task
         await run_in_threadpool(self.store.forget_worker)
@@ -198,8 +202,17 @@ class Pusher:
             except Exception:  # the store is away: try again, the connections stay
                 log.exception("the push loop failed; trying again")
                 await asyncio.sleep(1.0)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), POLL_S)
+            await self._pause()
+
+    async def _pause(self) -> None:
+        """Until the next look: `POLL_S`; `IDLE_POLL_S` while no connection is held (due
+        actions can then only wait or expire), cut short by a first connection or stop."""
+        if self.connections:
+            await asyncio.sleep(POLL_S)
+            return
+        self._nudge.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._nudge.wait(), IDLE_POLL_S)
 
     async def _resolve(self, conns: list[Connection]) -> None:
         if not conns:
