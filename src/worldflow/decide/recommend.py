@@ -23,9 +23,13 @@ The model, for items ``a`` and ``b`` and engagements of weight ``r``:
   the same factor at the time of a query gives the decayed value, and ratios (similarities,
   rankings) need no division at all. When the factor grows past ``2^64`` every stored value
   is rescaled once and the landmark ``t0`` moves;
-- **similarity** ``sim(a, b) = w(a, b) / sqrt(n(a) · n(b))``: the cosine of the two items'
-  vectors of weights over people, in ``[0, 1]``; it does not favour popular items the way raw
-  counts do;
+- **similarity** ``sim(a, b) = w(a, b) / (n(a)^α · n(b)^(1-α))`` with ``α`` the
+  `asymmetry` (0.8): the asymmetric cosine of the two items' vectors of weights over people.
+  At ``α = 0.5`` it is the cosine, which does not favour popular items the way raw counts do;
+  a larger ``α`` lets a popular neighbour ``b`` weigh a little more, which ranks better on
+  sparse engagement. It is a score for ranking, not a bounded measure: it may exceed 1 when
+  ``α ≠ 0.5``, under time decay (a pair is dated by its later engagement, each norm by its
+  own), and when an item that left a person's recent items comes back and pairs again;
 - **recommendation** for a history ``h_0 … h_m`` (oldest first): the score of a candidate
   ``c`` is ``Σ d^i · sim(h_i, c) / Σ d^i``, with ``i`` counted from the newest item and the
   recency decay ``d`` (`history_decay`, 0.9), over the last `max_history` (50) items; the
@@ -84,7 +88,8 @@ Engagement = tuple[str, str, int, float]
 
 
 class Scored(msgspec.Struct, frozen=True, array_like=True):
-    """One recommended item: its score in [0, 1] and where it came from."""
+    """One recommended item: its score (higher is better; popular items' in [0, 1], relative
+    to the most popular) and where it came from."""
 
     item: str
     score: float
@@ -118,6 +123,12 @@ def _order(entry: tuple[str, float]) -> tuple[float, str]:
 
 
 _value = itemgetter(1)
+
+
+def _power(norm: float, exponent: float) -> float:
+    """``norm ** exponent`` for a negative exponent; 0 for a norm decayed to nothing (beyond
+    about a thousand half-lives a float's decay factor is 0)."""
+    return float(norm**exponent) if norm > 0.0 else 0.0
 
 
 def _top(entries: Collection[tuple[str, float]], k: int) -> list[tuple[str, float]]:
@@ -205,7 +216,7 @@ class CoEngagement:
         delta = kept - old
         if delta > 0.0:
             norm = self._norm[item] = self._norm.get(item, 0.0) + (kept * kept - old * old) * g
-            self._damp[item] = norm ** (self.asymmetry - 1.0)
+            self._damp[item] = _power(norm, self.asymmetry - 1.0)
             self._pop[item] = self._pop.get(item, 0.0) + delta * g
             self._popular = None
             nbrs, heads = self._nbrs, self._heads
@@ -265,7 +276,7 @@ class CoEngagement:
     def _reset_derived(self) -> None:
         """Recompute what is derived from the stored values (after a rescale or a load)."""
         beta = self.asymmetry - 1.0
-        self._damp = {item: norm**beta for item, norm in self._norm.items()}
+        self._damp = {item: _power(norm, beta) for item, norm in self._norm.items()}
         self._heads.clear()
         self._popular = None
 
@@ -316,13 +327,13 @@ class CoEngagement:
     # queries
 
     def similar(self, item: str, k: int = 10) -> list[Scored]:
-        """The ``k`` items most similar to ``item`` (cosine of co-engagement), best first."""
+        """The ``k`` items most similar to ``item`` (``sim``, above), best first."""
         neighbours = self._nbrs.get(item)
         if not neighbours or k <= 0:
             return []
-        norm, alpha, beta = self._norm, -self.asymmetry, self.asymmetry - 1.0
-        base = norm[item] ** alpha
-        scores = [(b, w * base * norm[b] ** beta) for b, w in neighbours.items()]
+        base = _power(self._norm[item], -self.asymmetry)
+        damp = self._damp
+        scores = [(b, w * base * damp[b]) for b, w in neighbours.items()]
         return [Scored(b, s, "co_engagement") for b, s in _top(scores, k)]
 
     def recommend(
@@ -348,7 +359,7 @@ class CoEngagement:
         for seen_item in reversed(recent):
             head = candidates(seen_item)
             if head:
-                factor = recency * norm[seen_item] ** alpha
+                factor = recency * _power(norm[seen_item], alpha)
                 for b, w in head:
                     acc[b] = get(b, 0.0) + w * factor
             recency *= decay
@@ -360,9 +371,10 @@ class CoEngagement:
                 acc.pop(item, None)
             scores = map(mul, acc.values(), map(self._damp.__getitem__, acc))
             best = heapq.nsmallest(k, zip(scores, acc, strict=True))
-            out = [Scored(b, -s, "co_engagement") for s, b in best]
+            # (a neighbour whose weight decayed to nothing is no recommendation)
+            out = [Scored(b, -s, "co_engagement") for s, b in best if s < 0.0]
+            seen.update(s.item for s in out)
         if len(out) < k:
-            seen.update(acc)
             out.extend(self.popular(k - len(out), exclude=seen))
         return out
 
@@ -382,7 +394,7 @@ class CoEngagement:
         for seen_item in reversed(recent):
             neighbours = nbrs.get(seen_item)
             if neighbours:
-                factor = recency * norm[seen_item] ** alpha
+                factor = recency * _power(norm[seen_item], alpha)
                 for item in wanted.intersection(neighbours):
                     acc[item] += neighbours[item] * factor
             recency *= decay
