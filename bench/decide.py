@@ -15,12 +15,13 @@ and answer, nothing to choose), measured in the same run.
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import time
 import urllib.request
 from typing import Any
 
-from bench.common import ADMIN_TOKEN, loadgen, worldflow_server
+from bench.common import ADMIN_TOKEN, WRITE_KEY, loadgen, worldflow_server
 from worldflow.metrics import latency_quantiles
 
 SEGMENTS = 1000
@@ -70,7 +71,7 @@ def setup(port: int, people: int) -> None:
     for u in range(people):
         batch.append({"type": "identify", "userId": f"user-{u}",
                       "traits": {"level": u % 10, "plan": "free"}})  # fmt: skip
-    auth = {"Authorization": "Basic " + __import__("base64").b64encode(b"wk_bench:").decode()}
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()}
     for start in range(0, len(batch), 500):
         request = urllib.request.Request(
             f"http://127.0.0.1:{port}/v1/batch", method="POST",
