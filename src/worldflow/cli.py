@@ -101,6 +101,7 @@ def serve(
         "loop": "uvloop",
         "http": "httptools",
         "ws": "websockets-sansio",
+        "ws_per_message_deflate": settings.ws_deflate,
         "lifespan": "on",
         "log_level": settings.log_level,
         "access_log": False,

@@ -62,6 +62,9 @@ class Settings:
     # Webhooks go to public addresses only, except these host names, IP addresses and CIDR
     # ranges (comma-separated, or a list in TOML), e.g. "127.0.0.1, 10.20.0.0/16".
     webhook_allow: str = ""
+    # Compress WebSocket frames (permessage-deflate) when a client offers it: less bandwidth,
+    # but about 40 KiB more memory per connection (the push channel holds one per person).
+    ws_deflate: bool = False
     # The browser showroom served at /showroom/ (empty: the checkout's examples/showroom).
     showroom_dir: str = ""
     # Set by `worldflow serve` for its workers: where the log writer listens. Not a user setting.

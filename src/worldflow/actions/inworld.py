@@ -52,12 +52,12 @@ Decide = Callable[["InWorld", "Connection"], Awaitable[dict[str, Any] | None]]
 POLL_S: Final = 0.005  # how often due in-world deliveries are looked for
 IDLE_POLL_S: Final = 0.5  # the same, while this worker holds no connection
 ACK_TIMEOUT_MS: Final = 10_000  # an action not acknowledged by then is sent again
-ELSEWHERE_RECHECK_MS: Final = 1_000  # a person on another worker: looked at again after this
+ELSEWHERE_RECHECK_MS: Final = 1_000  # a person on another worker: this one looks again after
 DEFAULT_EXPIRY_MS: Final = 86_400_000  # an action without ``expires`` waits a day at most
 RESOLVE_EVERY_S: Final = 0.1  # connections whose profile is not known yet
 REFRESH_EVERY_S: Final = 15.0  # presence rows kept fresh; profiles resolved again (merges)
 HEARTBEAT_S: Final = 25
-MAX_DECIDED: Final = 10_000  # decided actions' frames kept until acknowledged or expired
+MAX_REMEMBERED: Final = 10_000  # rows remembered here: decided frames, rows left to other workers
 
 
 @dataclass(eq=False)
@@ -100,6 +100,7 @@ class Pusher:
         # (collect/push.py): the decision's body, or None when its placement is not active.
         self.decide: Decide | None = None
         self._frames: dict[str, dict[str, Any]] = {}  # decided actions' frames, sent again as is
+        self._elsewhere: dict[str, int] = {}  # rows for people on other workers → look again at
         self.connections: dict[str, Connection] = {}
         # (workspace, profile_id | anonymous_id | user_id, value) → connections
         self.index: dict[tuple[str, str, str], set[Connection]] = {}
@@ -185,24 +186,36 @@ class Pusher:
 
     async def _run(self) -> None:
         await run_in_threadpool(self.store.forget_worker)  # a previous life's rows
-        resolved_at = refreshed_at = 0.0
+        # Looking connections up never holds up sending: it runs beside the push loop.
+        refreshing = asyncio.create_task(self._refresh_loop(), name="push lookups")
         while not self._stop.is_set():
             try:
-                now = time.monotonic()
-                if now - refreshed_at >= REFRESH_EVERY_S:
-                    refreshed_at = resolved_at = now
-                    await self._resolve(list(self.connections.values()))
-                    await run_in_threadpool(self.store.refresh, _now_ms())
-                elif now - resolved_at >= RESOLVE_EVERY_S:
-                    resolved_at = now
-                    await self._resolve([c for c in self.connections.values()
-                                         if c.profile_id is None and c.greeted])  # fmt: skip
                 await self._write_presence()
                 await self._push()
             except Exception:  # the store is away: try again, the connections stay
                 log.exception("the push loop failed; trying again")
                 await asyncio.sleep(1.0)
             await self._pause()
+        await refreshing
+
+    async def _refresh_loop(self) -> None:
+        """Connections whose profile is not known yet, looked up every `RESOLVE_EVERY_S`;
+        every connection again (merges) and the presence rows refreshed every
+        `REFRESH_EVERY_S`."""
+        refreshed_at = 0.0
+        while not self._stop.is_set():
+            try:
+                if time.monotonic() - refreshed_at >= REFRESH_EVERY_S:
+                    refreshed_at = time.monotonic()
+                    await self._resolve(list(self.connections.values()))
+                    await run_in_threadpool(self.store.refresh, _now_ms())
+                else:
+                    await self._resolve([c for c in self.connections.values()
+                                         if c.profile_id is None and c.greeted])  # fmt: skip
+            except Exception:
+                log.exception("looking up push connections failed; trying again")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), RESOLVE_EVERY_S)
 
     async def _pause(self) -> None:
         """Until the next look: `POLL_S`; `IDLE_POLL_S` while no connection is held (due
@@ -217,9 +230,8 @@ class Pusher:
     async def _resolve(self, conns: list[Connection]) -> None:
         if not conns:
             return
-        found = await run_in_threadpool(lambda: [
-            self.store.resolve(c.source.workspace_id, c.anonymous_id, c.user_id)
-            for c in conns])  # fmt: skip
+        found = await run_in_threadpool(self.store.resolve_many, [
+            (c.source.workspace_id, c.anonymous_id, c.user_id) for c in conns])  # fmt: skip
         for conn, profile_id in zip(conns, found, strict=True):
             if conn.id in self.connections and profile_id != conn.profile_id:
                 self._learn(conn, profile_id)
@@ -248,7 +260,10 @@ class Pusher:
         later: list[tuple[str, int]] = []
         expired: list[str] = []
         absent: list[InWorld] = []
+        skip = self._elsewhere
         for row in due:
+            if skip.get(row.id, 0) > now:
+                continue  # its person is on another worker, which sends it
             expires = _expires_ms(row)
             if expires <= now:
                 expired.append(row.id)
@@ -269,9 +284,12 @@ class Pusher:
             elsewhere = await run_in_threadpool(self.store.elsewhere, keys, now)
             for row in absent:  # another worker's to send, or waiting for the next visit
                 if (row.workspace_id, row.profile_id) in elsewhere:
-                    later.append((row.id, now + ELSEWHERE_RECHECK_MS))
+                    # left as it is for that worker (which may send it now), not looked at here
+                    skip[row.id] = now + ELSEWHERE_RECHECK_MS
                 else:
                     waiting.append((row.id, _expires_ms(row)))
+            if len(skip) > MAX_REMEMBERED:
+                self._elsewhere = {i: t for i, t in skip.items() if t > now}
         await run_in_threadpool(self.store.settle, sent, waiting, later, expired, acks, now)
         for ident in (*expired, *(ident for _, ident in acks)):
             self._frames.pop(ident, None)
@@ -295,7 +313,7 @@ class Pusher:
             frame.update(content=decided["content"], decision_id=decided["decision_id"],
                          offer=decided["offer"])  # fmt: skip
         self._frames[row.id] = frame
-        if len(self._frames) > MAX_DECIDED:  # bounded: the oldest are decided again if resent
+        if len(self._frames) > MAX_REMEMBERED:  # bounded: the oldest are decided again if resent
             del self._frames[next(iter(self._frames))]
         return frame
 

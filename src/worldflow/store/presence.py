@@ -114,23 +114,52 @@ class PresenceStore:
     def resolve(self, workspace_id: str, anonymous_id: str | None,
                 user_id: str | None) -> str | None:  # fmt: skip
         """The profile behind a connection's identities (its user id first), merges followed."""
-        c = identities.c
-        with self.engine.connect() as conn:
+        return self.resolve_many([(workspace_id, anonymous_id, user_id)])[0]
+
+    def resolve_many(self, people: Sequence[tuple[str, str | None, str | None]],
+                     chunk: int = 500) -> list[str | None]:  # fmt: skip
+        """`resolve` for many (workspace, anonymous id, user id) at once, in a few queries
+        whatever their number: a worker holding thousands of connections looks them all up
+        again every few seconds."""
+        wanted: dict[tuple[str, str], set[str]] = {}  # (workspace, type) → values
+        for workspace_id, anonymous_id, user_id in people:
             for type_name, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
-                if not value:
-                    continue
-                found = conn.execute(sa.select(c.profile_id).where(
-                    c.workspace_id == workspace_id, c.type == type_name,
-                    c.value == normalise(type_name, value))).scalar()  # fmt: skip
-                for _ in range(8):  # a merged profile points at the survivor
-                    if found is None:
-                        break
-                    survivor = conn.execute(sa.select(profiles.c.merged_into)
-                                            .where(profiles.c.id == found)).scalar()  # fmt: skip
-                    if survivor is None:
-                        return str(found)
-                    found = survivor
-        return None
+                if value:
+                    wanted.setdefault((workspace_id, type_name), set()).add(
+                        normalise(type_name, value))  # fmt: skip
+        c, p = identities.c, profiles.c
+        found: dict[tuple[str, str, str], str] = {}  # (workspace, type, value) → profile
+        with self.engine.connect() as conn:
+            for (workspace_id, type_name), values in wanted.items():
+                ordered = sorted(values)
+                for start in range(0, len(ordered), chunk):
+                    query = sa.select(c.value, c.profile_id).where(
+                        c.workspace_id == workspace_id, c.type == type_name,
+                        c.value.in_(ordered[start : start + chunk]))  # fmt: skip
+                    for value, profile_id in conn.execute(query):
+                        found[workspace_id, type_name, value] = profile_id
+            survivors: dict[str, str | None] = {}  # a merged profile points at the survivor
+            todo = set(found.values())
+            for _ in range(8):
+                todo -= survivors.keys()
+                if not todo:
+                    break
+                ordered = sorted(todo)
+                for start in range(0, len(ordered), chunk):
+                    query = sa.select(p.id, p.merged_into).where(
+                        p.id.in_(ordered[start : start + chunk])
+                    )
+                    for profile_id, merged_into in conn.execute(query):
+                        survivors[profile_id] = merged_into
+                todo = {s for s in survivors.values() if s is not None}
+        out: list[str | None] = []
+        for workspace_id, anonymous_id, user_id in people:
+            profile: str | None = None
+            for type_name, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
+                if value and profile is None:
+                    profile = found.get((workspace_id, type_name, normalise(type_name, value)))
+            out.append(_survivor(profile, survivors) if profile is not None else None)
+        return out
 
     # -- in-world deliveries -------------------------------------------------------------
 
@@ -188,3 +217,14 @@ class PresenceStore:
                     d.profile_id == profile_id, d.state == WAITING).values(
                     state=PENDING, next_attempt_ms=now_ms)).rowcount  # fmt: skip
         return woken
+
+
+def _survivor(profile_id: str, survivors: dict[str, str | None]) -> str | None:
+    """The profile a merge chain from ``profile_id`` ends at (at most 8 merges followed)."""
+    current = profile_id
+    for _ in range(8):
+        merged_into = survivors.get(current)
+        if merged_into is None:
+            return current
+        current = merged_into
+    return None
