@@ -14,6 +14,7 @@ from bench import (
     profiles,
     push,
     segments,
+    sessions,
     translate,
 )
 
@@ -24,6 +25,6 @@ if __name__ == "__main__":
         bench.main()
     sys.argv = [argv[0], *argv[1:]]
     ingest.main()
-    for bench in (e2e, profiles, segments, journeys, nodered, push):
+    for bench in (e2e, profiles, segments, journeys, nodered, push, sessions):
         sys.argv = [argv[0]]
         bench.main()

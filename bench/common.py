@@ -40,21 +40,29 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
     raise RuntimeError("server did not become ready")
 
 
+def process_tree(pid: int) -> list[int]:
+    """The process and its descendants: the children of each of its threads (the server
+    starts its log writer, processor and dispatcher from worker threads)."""
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        with contextlib.suppress(OSError):
+            for task in Path(f"/proc/{current}/task").iterdir():
+                with contextlib.suppress(OSError):
+                    todo.extend(int(c) for c in (task / "children").read_text().split())
+    return found
+
+
 def peak_rss_mib(pid: int) -> float:
-    """Peak resident memory of a process and its children (workers, the log writer), summed."""
+    """Peak resident memory of a process and its descendants (workers, the log writer, the
+    processor, the dispatcher), each process's own peak, summed."""
     total = 0.0
-    pids = [pid]
-    while pids:
-        current = pids.pop()
-        try:
-            status = Path(f"/proc/{current}/status").read_text()
-            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
-        except OSError:
-            continue
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                total += int(line.split()[1]) / 1024
-        pids.extend(int(c) for c in children)
+    for current in process_tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{current}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
     return total
 
 
