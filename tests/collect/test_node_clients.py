@@ -10,9 +10,6 @@ the request shapes they claim to cover (rudder-node's gzip with a form content t
 from __future__ import annotations
 
 import json
-import os
-import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -22,31 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ServerProcess, need, node_available
+from tests.conftest import ServerProcess
 from tests.httpd import LocalServer, QuietHandler
+from tests.npm import ensure_packages
 
 pytestmark = pytest.mark.node
 
 NODE_DIR = Path(__file__).parent / "node"
 DRIVERS = {"segment": "send-segment.mjs", "rudder": "send-rudder.mjs"}
-INSTALL_TIMEOUT_S = 600
 DRIVER_TIMEOUT_S = 120
-
-
-def _installed_version(package: str) -> str | None:
-    manifest = NODE_DIR / "node_modules" / package / "package.json"
-    if not manifest.exists():
-        return None
-    version: str = json.loads(manifest.read_text())["version"]
-    return version
-
-
-def _node_major() -> int:
-    out = subprocess.run(
-        ["node", "--version"], check=False, capture_output=True, text=True, timeout=30
-    )
-    match = re.match(r"v(\d+)\.", out.stdout.strip())
-    return int(match.group(1)) if match else 0
 
 
 def ensure_node_modules() -> Path:
@@ -54,22 +35,8 @@ def ensure_node_modules() -> Path:
 
     Skips locally, fails under CI, when node or npm is missing or too old.
     """
-    need("node and npm", node_available(), "install Node.js 20+ with npm")
-    major = _node_major()
-    need("Node.js 20 or newer", major >= 20, f"found major version {major}")
     wanted: dict[str, str] = json.loads((NODE_DIR / "package.json").read_text())["dependencies"]
-    if any(_installed_version(pkg) != version for pkg, version in wanted.items()):
-        verb = "ci" if (NODE_DIR / "package-lock.json").exists() else "install"
-        cmd = [shutil.which("npm") or "npm", verb, "--no-audit", "--no-fund"]
-        done = subprocess.run(
-            cmd, check=False, cwd=NODE_DIR, capture_output=True, text=True,
-            timeout=INSTALL_TIMEOUT_S, env={**os.environ, "npm_config_update_notifier": "false"},
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.fail(f"npm {verb} failed in {NODE_DIR}:\n{done.stdout}\n{done.stderr}")
-        missing = [p for p, v in wanted.items() if _installed_version(p) != v]
-        assert not missing, f"npm {verb} did not install {missing}"
-    return NODE_DIR / "node_modules"
+    return ensure_packages(NODE_DIR, wanted)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from tests.conftest import need, node_available
+from tests.npm import ensure_packages
 from worldflow.events.catalogue import Catalogue
 from worldflow.events.model import Event
 from worldflow.events.segment import SegmentTranslator, split_batch
@@ -30,7 +29,6 @@ pytestmark = pytest.mark.node
 
 Suite = tuple[subprocess.CompletedProcess[str], Path]
 SDK_DIR = Path(__file__).parents[2] / "sdk" / "js"
-INSTALL_TIMEOUT_S = 600
 SUITE_TIMEOUT_S = 300
 # The events the SDK itself emits: each must be a known catalogue event, never a custom one.
 SDK_EVENTS = {
@@ -40,44 +38,14 @@ SDK_EVENTS = {
 }  # fmt: skip
 
 
-def _installed_version(package: str) -> str | None:
-    manifest = SDK_DIR / "node_modules" / package / "package.json"
-    if not manifest.exists():
-        return None
-    version: str = json.loads(manifest.read_text())["version"]
-    return version
-
-
-def _node_major() -> int:
-    out = subprocess.run(
-        ["node", "--version"], check=False, capture_output=True, text=True, timeout=30
-    )
-    match = re.match(r"v(\d+)\.", out.stdout.strip())
-    return int(match.group(1)) if match else 0
-
-
 def ensure_node_modules() -> Path:
     """``sdk/js/node_modules`` with exactly the pinned dev dependencies (``npm ci`` if needed).
 
     Skips locally, fails under CI, when node or npm is missing or too old.
     """
-    need("node and npm", node_available(), "install Node.js 20+ with npm")
-    major = _node_major()
-    need("Node.js 20 or newer", major >= 20, f"found major version {major}")
     manifest = json.loads((SDK_DIR / "package.json").read_text())
     assert not manifest.get("dependencies"), "the SDK must have no runtime dependencies"
-    wanted: dict[str, str] = manifest["devDependencies"]
-    if any(_installed_version(pkg) != version for pkg, version in wanted.items()):
-        cmd = [shutil.which("npm") or "npm", "ci", "--no-audit", "--no-fund"]
-        done = subprocess.run(
-            cmd, check=False, cwd=SDK_DIR, capture_output=True, text=True,
-            timeout=INSTALL_TIMEOUT_S, env={**os.environ, "npm_config_update_notifier": "false"},
-        )  # fmt: skip
-        if done.returncode != 0:
-            pytest.fail(f"npm ci failed in {SDK_DIR}:\n{done.stdout}\n{done.stderr}")
-        missing = [p for p, v in wanted.items() if _installed_version(p) != v]
-        assert not missing, f"npm ci did not install {missing}"
-    return SDK_DIR / "node_modules"
+    return ensure_packages(SDK_DIR, manifest["devDependencies"])
 
 
 @pytest.fixture(scope="module")
