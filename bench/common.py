@@ -14,6 +14,7 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from worldflow.metrics import latency_quantiles
 
@@ -38,6 +39,17 @@ def wait_ready(port: int, proc: subprocess.Popen[bytes], timeout: float = 30) ->
         except OSError:
             time.sleep(0.05)
     raise RuntimeError("server did not become ready")
+
+
+def admin(port: int, method: str, path: str, body: Any = None, timeout: float = 60) -> Any:
+    """An admin API call to a bench server (its token); the JSON answer."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read() or b"null")
 
 
 def process_tree(pid: int) -> list[int]:

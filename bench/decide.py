@@ -21,21 +21,11 @@ import time
 import urllib.request
 from typing import Any
 
-from bench.common import ADMIN_TOKEN, WRITE_KEY, loadgen, worldflow_server
+from bench.common import WRITE_KEY, admin, loadgen, worldflow_server
 from worldflow.metrics import latency_quantiles
 
 SEGMENTS = 1000
 OFFERS = 100
-
-
-def admin(port: int, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=60) as response:
-        return json.loads(response.read() or b"null")
 
 
 def metrics(port: int) -> str:

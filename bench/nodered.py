@@ -32,14 +32,13 @@ import subprocess
 import tempfile
 import threading
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from bench.common import ADMIN_TOKEN, WRITE_KEY, free_port, worldflow_server
+from bench.common import WRITE_KEY, admin, free_port, worldflow_server
 
 HERE = Path(__file__).parent / "nodered"
 TRIAL = {"status": "active", "entry": {"event": "trial.started"},
@@ -174,15 +173,6 @@ def nodered(receiver: str) -> Iterator[int]:
             proc.wait(30)
 
 
-def _admin(port: int, method: str, path: str, body: Any) -> None:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method, data=json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as response:
-        response.read()
-
-
 def run(name: str, target: Callable[[Counter], Any], args: argparse.Namespace) -> dict[str, Any]:
     counter = Counter()
     with target(counter) as (port, path, headers):
@@ -216,8 +206,8 @@ def main() -> None:
     def on_worldflow(counter: Counter) -> Iterator[tuple[int, str, dict[str, str]]]:
         env = {"WORLDFLOW_WEBHOOK_ALLOW": "127.0.0.1"}
         with worldflow_server(extra_env=env) as (port, _):
-            _admin(port, "PUT", "/v1/destinations/crm", {"url": counter.url})
-            _admin(port, "PUT", "/v1/journeys/trial", TRIAL)
+            admin(port, "PUT", "/v1/destinations/crm", {"url": counter.url})
+            admin(port, "PUT", "/v1/journeys/trial", TRIAL)
             time.sleep(1.0)  # the activation reaches the processor
             auth = "Basic " + base64.b64encode(f"{WRITE_KEY}:".encode()).decode()
             yield port, "/v1/batch", {"Authorization": auth}

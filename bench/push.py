@@ -19,12 +19,10 @@ import json
 import statistics
 import threading
 import time
-import urllib.request
-from typing import Any
 
 from websockets.sync.client import connect
 
-from bench.common import ADMIN_TOKEN, loadgen, worldflow_server
+from bench.common import admin, loadgen, worldflow_server
 from bench.e2e import pct
 
 SEGMENT = {"condition": {">=": [{"count": {"event": "zone.entered", "within": "1h",
@@ -33,16 +31,6 @@ SEGMENT = {"condition": {">=": [{"count": {"event": "zone.entered", "within": "1
 JOURNEY = {"status": "active", "entry": {"segment": "in-lobby"},
            "steps": [{"action": {"inworld": {"placement": "lobby-billboard",
                                              "content": {"text": "Welcome"}}}}]}  # fmt: skip
-
-
-def admin(port: int, method: str, path: str, body: Any = None) -> Any:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}", method=method,
-        data=None if body is None else json.dumps(body).encode(),
-        headers={"Content-Type": "application/json", "Authorization": f"Bearer {ADMIN_TOKEN}"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as response:
-        return json.loads(response.read() or b"null")
 
 
 def probe(

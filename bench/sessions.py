@@ -47,8 +47,7 @@ import msgspec
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from bench.common import process_tree, worldflow_server
-from bench.push import admin
+from bench.common import admin, process_tree, worldflow_server
 
 SEGMENT = {"condition": {">=": [{"count": {"event": "zone.entered", "within": "1h",
                                            "where": {"==": [{"var": "zone_id"}, "stage"]}}},
