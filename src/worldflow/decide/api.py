@@ -66,7 +66,9 @@ async def serve_decision(svc: Services, workspace_id: str, source_id: str, place
     the placement's fallback."""
     started = time.perf_counter() if started is None else started
     decider = svc.decider
-    catalog = await run_in_threadpool(decider.catalog, workspace_id)
+    catalog = decider.cached_catalog(workspace_id)
+    if catalog is None:
+        catalog = await run_in_threadpool(decider.catalog, workspace_id)
     placement = catalog.placements.get(placement_key)
     if placement is None:
         return None

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final
 
+import msgspec
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
@@ -49,6 +50,7 @@ from worldflow.decide.definition import (
 from worldflow.decide.learn import served_since
 from worldflow.events.catalogue import Catalogue
 from worldflow.events.model import Event
+from worldflow.identity.types import normalise
 from worldflow.profiles.model import Profile
 from worldflow.segments.definition import DefinitionError
 from worldflow.store.profiles import SqlProfileStore
@@ -98,7 +100,18 @@ class Decision:
                 "fallback": self.fallback}  # fmt: skip
 
 
-Recommend = Callable[[str, Profile | None, Sequence[str]], dict[str, float]]
+class Person(msgspec.Struct, frozen=True):
+    """What a decision reads of a profile. Decoding only this skips the rest of the body
+    (behaviour aggregates, sessions, recent events), which would cost more than choosing."""
+
+    id: str
+    identities: dict[str, list[str]] = {}
+    segments: dict[str, int] = {}
+    sends: list[tuple[int, str, str]] = []
+
+
+_person = msgspec.json.Decoder(Person).decode
+Recommend = Callable[[str, Person | Profile | None, Sequence[str]], dict[str, float]]
 
 
 class Decider:
@@ -116,6 +129,12 @@ class Decider:
         self._local: dict[tuple[str, str], deque[tuple[int, str]]] = {}  # who → (at, offer)
 
     # -- what is live ---------------------------------------------------------------------
+
+    def cached_catalog(self, workspace_id: str) -> Catalog | None:
+        """The workspace's catalog when it was looked at within a second (no waiting)."""
+        found = self._catalogs.get(workspace_id)
+        fresh = found is not None and time.monotonic() - found.loaded < CATALOG_TTL_S
+        return found if fresh else None
 
     def catalog(self, workspace_id: str) -> Catalog:
         """The workspace's live offers and placements (blocking: call on a thread)."""
@@ -169,19 +188,33 @@ class Decider:
         return stats
 
     def person(self, workspace_id: str, user_id: str | None,
-               anonymous_id: str | None) -> Profile | None:  # fmt: skip
-        """The person's profile as last committed (blocking); None for someone new."""
-        for type_name, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
-            if value:
-                found = self.profiles.profile_by_identity(workspace_id, type_name, value)
-                if found is not None:
-                    return found
+               anonymous_id: str | None) -> Person | None:  # fmt: skip
+        """What a decision reads of the person's profile as last committed (blocking; one
+        query, merges followed); None for someone new."""
+        mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
+        by_identity = ("SELECT p.merged_into, p.body FROM identities i JOIN profiles p"
+                       f" ON p.id = i.profile_id WHERE i.workspace_id = {mark}"
+                       f" AND i.type = {mark} AND i.value = {mark}")  # fmt: skip
+        by_id = f"SELECT merged_into, body FROM profiles WHERE id = {mark}"
+        with self.engine.connect() as conn:
+            for type_name, value in (("user_id", user_id), ("anonymous_id", anonymous_id)):
+                if not value:
+                    continue
+                row = conn.exec_driver_sql(by_identity, (
+                    workspace_id, type_name, normalise(type_name, value))).first()  # fmt: skip
+                for _ in range(16):  # a merged profile points at the survivor
+                    if row is None:
+                        break
+                    if row[0] is None:
+                        return _person(row[1])
+                    row = conn.exec_driver_sql(by_id, (row[0],)).first()
         return None
 
     # -- choosing -------------------------------------------------------------------------
 
     def choose(self, workspace_id: str, placement: Placement, offers: Sequence[Offer],
-               profile: Profile | None, who: str, now_ms: int) -> Decision:  # fmt: skip
+               profile: Person | Profile | None, who: str,
+               now_ms: int) -> Decision:  # fmt: skip
         """The decision (blocking: it may read the placement's evidence)."""
         segments = profile.segments if profile is not None else {}
         local = self._local.get((workspace_id, who), ())
@@ -250,7 +283,8 @@ class Decider:
                      user_id=user_id, anonymous_id=anonymous_id, context=context)  # fmt: skip
 
 
-def _capped(offer: Offer, profile: Profile | None, local: Sequence[tuple[int, str]] | deque[Any],
+def _capped(offer: Offer, profile: Person | Profile | None,
+            local: Sequence[tuple[int, str]] | deque[Any],
             now_ms: int) -> bool:  # fmt: skip
     if offer.per_day is None and offer.per_week is None:
         return False

@@ -10,10 +10,13 @@ nowhere.
 
 from __future__ import annotations
 
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from worldflow.profiles import model
 from worldflow.profiles.model import Profile, Served
+
+if TYPE_CHECKING:
+    from worldflow.decide.engine import Person
 
 SERVED: Final = "decision.served"
 IMPRESSION: Final = "content.impression"
@@ -68,7 +71,7 @@ def _add(stats: dict[StatKey, list[int]], workspace_id: str, served: Served, ind
     counts[index] += 1
 
 
-def served_since(profile: Profile, offer: str, since_ms: int) -> int:
+def served_since(profile: Profile | Person, offer: str, since_ms: int) -> int:
     """How many times the offer was served to the person since then."""
     return sum(1 for at, channel, key in profile.sends
                if channel == OFFER_CHANNEL and key == offer and at >= since_ms)  # fmt: skip

@@ -25,7 +25,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import msgspec
 from sqlalchemy.engine import Engine
@@ -35,6 +35,9 @@ from worldflow.decide.recommend import DAY_MS, SUGGESTED_WEIGHTS, CoEngagement
 from worldflow.events.model import Event, decode_event
 from worldflow.log.sql import read_entries
 from worldflow.profiles.model import Profile
+
+if TYPE_CHECKING:
+    from worldflow.decide.engine import Person
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ class Learner:
 
     # -- asking --------------------------------------------------------------------------
 
-    def scores(self, workspace_id: str, profile: Profile | None,
+    def scores(self, workspace_id: str, profile: Person | Profile | None,
                items: Sequence[str]) -> dict[str, float]:  # fmt: skip
         """How strongly the person's recent engagements recommend each item (blocking)."""
         model = self.models.get(workspace_id)
