@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import threading
 import time
 import uuid
 from collections import deque
@@ -127,6 +128,7 @@ class Decider:
         self._stats: dict[tuple[str, str], tuple[float, dict[tuple[str, str], tuple[int, int]]]]
         self._stats = {}
         self._local: dict[tuple[str, str], deque[tuple[int, str]]] = {}  # who → (at, offer)
+        self._catalog_lock = threading.Lock()
 
     # -- what is live ---------------------------------------------------------------------
 
@@ -137,11 +139,25 @@ class Decider:
         return found if fresh else None
 
     def catalog(self, workspace_id: str) -> Catalog:
-        """The workspace's live offers and placements (blocking: call on a thread)."""
+        """The workspace's live offers and placements (blocking: call on a thread). One
+        thread looks at a time; the others meanwhile take the catalog they have, if any."""
         found = self._catalogs.get(workspace_id)
         now = time.monotonic()
         if found is not None and now - found.loaded < CATALOG_TTL_S:
             return found
+        if not self._catalog_lock.acquire(blocking=found is None):
+            assert found is not None
+            return found
+        try:
+            return self._load_catalog(workspace_id)
+        finally:
+            self._catalog_lock.release()
+
+    def _load_catalog(self, workspace_id: str) -> Catalog:
+        found = self._catalogs.get(workspace_id)
+        now = time.monotonic()
+        if found is not None and now - found.loaded < CATALOG_TTL_S:
+            return found  # another thread just looked
         a = active_definitions.c
         with self.engine.connect() as conn:
             query = sa.select(a.kind, a.key, a.version).where(
@@ -152,7 +168,8 @@ class Decider:
             found.loaded = now
             return found
         catalog = Catalog(versions, loaded=now)
-        for version, document in self.profiles.active_definitions(workspace_id):
+        for version, document in self.profiles.active_definitions(workspace_id,
+                                                                  (OFFER, PLACEMENT)):  # fmt: skip
             try:
                 if document.get("kind") == PLACEMENT:
                     placement = compile_placement(document, version)

@@ -126,11 +126,17 @@ class SqlProfileStore:
         settings = json.loads(raw) if raw else {}
         return settings if isinstance(settings, dict) else {}
 
-    def active_definitions(self, workspace_id: str) -> list[tuple[int, dict[str, Any]]]:
+    def active_definitions(
+        self, workspace_id: str, kinds: tuple[str, ...] = ()
+    ) -> list[tuple[int, dict[str, Any]]]:
+        """(version, document) of the workspace's active definitions (of ``kinds`` only, when
+        given)."""
         a, d = active_definitions.c, definitions.c
         query = sa.select(a.version, d.document).join(definitions, sa.and_(
             a.workspace_id == d.workspace_id, a.kind == d.kind, a.key == d.key,
             a.version == d.version)).where(a.workspace_id == workspace_id)  # fmt: skip
+        if kinds:
+            query = query.where(a.kind.in_(kinds))
         with self.engine.connect() as conn:
             return [(version, json.loads(document)) for version, document in conn.execute(query)]
 
