@@ -80,7 +80,14 @@ def create_store_engine(url: str, derived_only: bool = False) -> Engine:
     power cut loses at most its last commits, state and offset together, and it re-reads them."""
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        # Enough pooled connections for the threads that read at once (decisions, lookups):
+        # an overflow connection is opened (file, pragmas) and closed again for each use.
+        engine = sa.create_engine(
+            url,
+            pool_size=16,
+            max_overflow=16,
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
 
         @sa.event.listens_for(engine, "connect")
         def _pragmas(dbapi_connection: Any, _record: Any) -> None:
