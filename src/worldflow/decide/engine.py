@@ -112,6 +112,7 @@ class Person(msgspec.Struct, frozen=True):
 
 
 _person = msgspec.json.Decoder(Person).decode
+Evidence = dict[tuple[str, str], tuple[int, int]]  # (arm, offer) → (impressions, interactions)
 Recommend = Callable[[str, Person | Profile | None, Sequence[str]], dict[str, float]]
 
 
@@ -187,7 +188,7 @@ class Decider:
         return catalog
 
     def evidence(self, workspace_id: str,
-                 placement: str) -> dict[tuple[str, str], tuple[int, int]]:  # fmt: skip
+                 placement: str) -> Evidence:  # fmt: skip
         """(arm, offer) → (impressions, interactions) of a placement (blocking)."""
         key = (workspace_id, placement)
         found = self._stats.get(key)
@@ -230,9 +231,10 @@ class Decider:
     # -- choosing -------------------------------------------------------------------------
 
     def choose(self, workspace_id: str, placement: Placement, offers: Sequence[Offer],
-               profile: Person | Profile | None, who: str,
-               now_ms: int) -> Decision:  # fmt: skip
-        """The decision (blocking: it may read the placement's evidence)."""
+               profile: Person | Profile | None, who: str, now_ms: int,
+               evidence: Evidence | None = None) -> Decision:  # fmt: skip
+        """The decision (blocking, unless a bandit's ``evidence`` is given: it may read it,
+        and the recommend strategy asks its model)."""
         segments = profile.segments if profile is not None else {}
         local = self._local.get((workspace_id, who), ())
         candidates = [o for o in offers if o.status == "active" and o.valid_at(now_ms)
@@ -247,7 +249,8 @@ class Decider:
         chosen = best[0]
         if placement.strategy == "bandit" and len(best) > 1:
             arm = next((s for s in placement.by_segment if s in segments), "")
-            stats = self.evidence(workspace_id, placement.key)
+            stats = evidence if evidence is not None else self.evidence(workspace_id,
+                                                                        placement.key)  # fmt: skip
             draws = []
             for offer in best:
                 shown, acted = stats.get((arm, offer.key), (0, 0))
