@@ -65,9 +65,9 @@ def _get(url: str, *, admin: bool = True) -> Any:
     return json.loads(body) if resp.headers.get_content_type() == "application/json" else body
 
 
-def _put(url: str, body: dict[str, Any]) -> Any:
+def _send(url: str, body: dict[str, Any], method: str = "PUT") -> Any:
     request = urllib.request.Request(  # noqa: S310 - local URL
-        url, data=json.dumps(body).encode(), method="PUT",
+        url, data=json.dumps(body).encode(), method=method,
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
     )  # fmt: skip
     with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
@@ -356,15 +356,6 @@ def _show_mail(mail: MailSink, shown: int = 5) -> None:
         console.print(f"  … and {len(received) - shown:,} more")
 
 
-def _post(url: str, body: dict[str, Any]) -> Any:
-    request = urllib.request.Request(  # noqa: S310 - local URL
-        url, data=json.dumps(body).encode(), method="POST",
-        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
-    )  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310
-        return json.loads(resp.read())
-
-
 def _showroom(url: str, data_dir: Path) -> str | None:
     """Registers the browser showroom's scene and makes (once per data dir) a world's key for
     it; the address to open, or None when three.js is not installed."""
@@ -391,7 +382,7 @@ def _showroom(url: str, data_dir: Path) -> str | None:
         source_id, key = saved.read_text().split()
         if source_id in known:
             return f"{url}/showroom/?key={key}"
-    made = _post(f"{url}/v1/sources", {"name": "browser showroom", "world": SHOWROOM_WORLD})
+    made = _send(f"{url}/v1/sources", {"name": "browser showroom", "world": SHOWROOM_WORLD}, "POST")
     saved.write_text(f"{made['id']} {made['write_key']}\n")
     return f"{url}/showroom/?key={made['write_key']}"
 
@@ -410,11 +401,11 @@ def main() -> None:
     mail: MailSink | None = None
     try:
         receiver = Receiver()
-        _put(f"{url}/v1/destinations/crm", {"url": receiver.url, "secret": receiver.secret})
+        _send(f"{url}/v1/destinations/crm", {"url": receiver.url, "secret": receiver.secret})
         mail = _mail_sink()
         if mail is not None:  # the other settings stay as they are
             settings = {**_get(f"{url}/v1/settings"), "smtp": mail.smtp}
-            _put(f"{url}/v1/settings", settings)
+            _send(f"{url}/v1/settings", settings)
         for answer in apply(SEGMENTS, url, ADMIN_TOKEN):
             console.print(f"applied {answer['kind']} [bold]{answer['key']}[/bold] "
                           f"version {answer['version']}")  # fmt: skip

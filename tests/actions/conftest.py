@@ -29,3 +29,13 @@ def lite(sqlite_url: str) -> Iterator[SqlDeliveryStore]:
     sql.migrate()
     yield SqlDeliveryStore(sql.engine)
     sql.close()
+
+
+@pytest.fixture
+def sql(sqlite_url: str) -> Iterator[SqlStore]:
+    """A migrated SQLite store with the default workspace (settings, SMTP)."""
+    store = SqlStore(sqlite_url)
+    store.migrate()
+    store.bootstrap()
+    yield store
+    store.close()

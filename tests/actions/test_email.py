@@ -85,15 +85,6 @@ def smtpd() -> Iterator[Callable[..., tuple[Handler, int]]]:
         controller.stop()
 
 
-@pytest.fixture
-def sql(sqlite_url: str) -> Iterator[SqlStore]:
-    store = SqlStore(sqlite_url)
-    store.migrate()
-    store.bootstrap()
-    yield store
-    store.close()
-
-
 def configure(sql: SqlStore, port: int, **extra: Any) -> None:
     sql.set_settings("default", {"smtp": {"host": "127.0.0.1", "port": port, "security": "none",
                                           "from": "Worldflow <journeys@example.com>",

@@ -114,15 +114,6 @@ def smtpd() -> Iterator[Start]:
         controller.stop()
 
 
-@pytest.fixture
-def sql(sqlite_url: str) -> Iterator[SqlStore]:
-    store = SqlStore(sqlite_url)
-    store.migrate()
-    store.bootstrap()
-    yield store
-    store.close()
-
-
 def deliver(sql: SqlStore, sqlite_url: str, ident: str, **options: Any) -> dict[str, Any]:
     """Dispatch one e-mail until it is delivered or dead: its row."""
     store = SqlDeliveryStore(sql.engine)

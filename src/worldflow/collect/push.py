@@ -23,14 +23,14 @@ import time
 from typing import Any, Final
 
 import msgspec
-from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Request, WebSocket
 from starlette.concurrency import run_in_threadpool
 
 from worldflow.actions.inworld import HEARTBEAT_S, Connection, Pusher, iso
 from worldflow.admin import Read, _services
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
-from worldflow.collect.stream import handle_frame
+from worldflow.collect.stream import frames, handle_frame, refuse
 from worldflow.decide.api import serve_decision
 from worldflow.segments.definition import KEY
 from worldflow.services import Services
@@ -39,7 +39,6 @@ from worldflow.store.presence import InWorld
 router = APIRouter()
 
 MAX_ID: Final = 200
-_POLICY_VIOLATION = 1008
 
 
 class _Hello(msgspec.Struct, rename="camel"):
@@ -67,28 +66,20 @@ async def push(websocket: WebSocket) -> None:
             raise ApiError(403, "not_a_world_key", "key: the push channel takes a world's key "
                            "(a source created with world)")  # fmt: skip
     except ApiError as exc:
-        await websocket.accept()
-        await websocket.close(code=_POLICY_VIOLATION, reason=f"{exc.code}: {exc.message}"[:120])
+        await refuse(websocket, exc)
         return
     await websocket.accept()
     conn = Connection(websocket, source)
     pusher: Pusher = svc.pusher
     pusher.add(conn)
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                return
-            text = message.get("text")
-            raw: bytes = text.encode() if text is not None else message.get("bytes") or b""
+        async for raw in frames(websocket):
             reply = await _control(svc, conn, raw)
             if reply is None:  # events
                 reply = await handle_frame(svc, source, raw, world=conn.world)
             if reply:
                 async with conn.lock:
                     await websocket.send_text(reply.decode())
-    except WebSocketDisconnect:
-        return
     finally:
         pusher.remove(conn)
 

@@ -10,7 +10,7 @@ connection stays open.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,25 +47,35 @@ async def stream(websocket: WebSocket) -> None:
         key = credential_from_header(websocket.headers.get("authorization"))
         source = await svc.auth.source(key or websocket.query_params.get("writeKey"))
     except ApiError as exc:
-        # Accept first: a close before the handshake becomes a bare HTTP 403 and the client
-        # would never learn why.
-        await websocket.accept()
-        await websocket.close(code=_POLICY_VIOLATION, reason=f"{exc.code}: {exc.message}"[:120])
+        await refuse(websocket, exc)
         return
     await websocket.accept()
     svc.metrics.ws_connections.inc()
+    try:
+        async for raw in frames(websocket):
+            await websocket.send_text((await handle_frame(svc, source, raw)).decode())
+    finally:
+        svc.metrics.ws_connections.dec()
+
+
+async def refuse(websocket: WebSocket, exc: ApiError) -> None:
+    """Close with a policy violation that says why. Accepted first: a close before the
+    handshake becomes a bare HTTP 403 and the client would never learn why."""
+    await websocket.accept()
+    await websocket.close(code=_POLICY_VIOLATION, reason=f"{exc.code}: {exc.message}"[:120])
+
+
+async def frames(websocket: WebSocket) -> AsyncIterator[bytes]:
+    """The frames a client sends (text or binary), until it goes."""
     try:
         while True:
             message = await websocket.receive()
             if message["type"] == "websocket.disconnect":
                 return
-            data = message.get("text")
-            raw: bytes = data.encode() if data is not None else message.get("bytes") or b""
-            await websocket.send_text((await handle_frame(svc, source, raw)).decode())
+            text = message.get("text")
+            yield text.encode() if text is not None else message.get("bytes") or b""
     except WebSocketDisconnect:
         return
-    finally:
-        svc.metrics.ws_connections.dec()
 
 
 async def handle_frame(svc: Services, source: SourceRef, raw: bytes,

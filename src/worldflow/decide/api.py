@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
@@ -115,21 +116,24 @@ async def serve_decision(svc: Services, workspace_id: str, source_id: str, place
 @router.put("/offers/{key}")
 async def put_offer(request: Request, token: Admin, key: KeyPath) -> dict[str, Any]:
     """Apply an offer (JSON or YAML): content, placements, eligibility, validity, caps."""
-    try:
-        document = validate_offer(await _document(request), key)
-    except DefinitionError as exc:
-        raise _invalid(exc) from None
-    return await store_and_activate(_services(request), token.workspace_id, document)
+    return await _apply(request, token.workspace_id, validate_offer, key)
 
 
 @router.put("/placements/{key}")
 async def put_placement(request: Request, token: Admin, key: KeyPath) -> dict[str, Any]:
     """Apply a placement (JSON or YAML): its type, strategy and fallback."""
+    return await _apply(request, token.workspace_id, validate_placement, key)
+
+
+Check = Callable[[Any, str], dict[str, Any]]
+
+
+async def _apply(request: Request, workspace_id: str, check: Check, key: str) -> dict[str, Any]:
     try:
-        document = validate_placement(await _document(request), key)
+        document = check(await _document(request), key)
     except DefinitionError as exc:
         raise _invalid(exc) from None
-    return await store_and_activate(_services(request), token.workspace_id, document)
+    return await store_and_activate(_services(request), workspace_id, document)
 
 
 @router.get("/offers")

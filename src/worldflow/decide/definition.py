@@ -22,8 +22,8 @@ from worldflow.segments.definition import (
     DefinitionError,
     Segment,
     _fields,
-    _unknown,
     compile_condition,
+    document_header,
 )
 
 OFFER: Final = "offer"
@@ -77,31 +77,14 @@ class Placement:
     hidden: list[Segment] = field(default_factory=list)  # (none: for the processor's sake)
 
 
-def _base(raw: Any, key: str | None, kind: str, allowed: set[str]) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise DefinitionError("", f"an {kind} is an object (a YAML mapping)")
-    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
-    if document.setdefault("kind", kind) != kind:
-        raise DefinitionError("kind", f"{document['kind']!r} is not {kind}")
-    if key is not None and document.setdefault("key", key) != key:
-        raise DefinitionError("key", f"{document['key']!r} differs from {key!r} in the URL")
-    if not isinstance(document.get("key"), str) or not KEY.fullmatch(document["key"]):
-        raise DefinitionError("key", f"{document.get('key')!r} is not a key: lower-case "
-                              "letters, digits, - and _, at most 64")  # fmt: skip
-    for name in document:
-        if name not in allowed:
-            raise DefinitionError(name, _unknown(allowed))
-    return document
-
-
 def validate_offer(raw: Any, key: str | None = None) -> dict[str, Any]:
-    document = _base(raw, key, OFFER, _OFFER_FIELDS)
+    document = document_header(raw, OFFER, key, _OFFER_FIELDS, "an offer")
     compile_offer(document, 0)
     return document
 
 
 def validate_placement(raw: Any, key: str | None = None) -> dict[str, Any]:
-    document = _base(raw, key, PLACEMENT, _PLACEMENT_FIELDS)
+    document = document_header(raw, PLACEMENT, key, _PLACEMENT_FIELDS, "a placement")
     compile_placement(document, 0)
     return document
 

@@ -25,6 +25,7 @@ from worldflow.segments.definition import (
     _fields,
     _unknown,
     compile_condition,
+    document_header,
     parse_duration,
 )
 from worldflow.segments.logic import Evaluator, LogicError, compile_logic, reads, truthy
@@ -156,19 +157,7 @@ def compile_messaging(document: dict[str, Any], version: int) -> Messaging:
 
 def validate(raw: Any, key: str | None = None) -> dict[str, Any]:
     """Check a journey document's shape; return it with ``kind`` and ``key`` filled in."""
-    if not isinstance(raw, dict):
-        raise DefinitionError("", "a journey is an object (a YAML mapping)")
-    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
-    if document.setdefault("kind", "journey") != "journey":
-        raise DefinitionError("kind", f"{document['kind']!r} is not journey")
-    if key is not None and document.setdefault("key", key) != key:
-        raise DefinitionError("key", f"{document['key']!r} differs from {key!r} in the URL")
-    if not isinstance(document.get("key"), str) or not KEY.fullmatch(document["key"]):
-        raise DefinitionError("key", f"{document.get('key')!r} is not a key: lower-case "
-                              "letters, digits, - and _, at most 64")  # fmt: skip
-    for name in document:
-        if name not in _JOURNEY_FIELDS:
-            raise DefinitionError(name, _unknown(_JOURNEY_FIELDS))
+    document = document_header(raw, "journey", key, _JOURNEY_FIELDS, "a journey")
     compile_journey(document, 0)
     return document
 

@@ -745,19 +745,42 @@ _SCORE_FIELDS: Final = {"kind", "key", "name", "description", "half_life", "deca
 _RULE_FIELDS: Final = {"event", "where", "world", "points", "cap"}
 
 
-def validate(raw: Any, kind: str | None = None, key: str | None = None) -> dict[str, Any]:
-    """Check a document's shape and return it with ``kind`` and ``key`` filled in."""
+def _mapping(raw: Any, what: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        raise DefinitionError("", "a definition is an object (a YAML mapping)")
-    document: dict[str, Any] = {str(name): value for name, value in raw.items()}
-    kind = document.setdefault("kind", kind or "segment")
-    if kind not in ("segment", "score"):
-        raise DefinitionError("kind", f"{kind!r} is not segment or score")
+        raise DefinitionError("", f"{what} is an object (a YAML mapping)")
+    return {str(name): value for name, value in raw.items()}
+
+
+def _check_key(document: dict[str, Any], key: str | None) -> None:
+    """``key`` filled in from the URL (it must agree with the document's), and a key."""
     if key is not None and document.setdefault("key", key) != key:
         raise DefinitionError("key", f"{document['key']!r} differs from {key!r} in the URL")
     if not isinstance(document.get("key"), str) or not KEY.fullmatch(document["key"]):
         raise DefinitionError("key", f"{document.get('key')!r} is not a key: lower-case "
                               "letters, digits, - and _, at most 64")  # fmt: skip
+
+
+def document_header(raw: Any, kind: str, key: str | None, allowed: set[str] | frozenset[str],
+                    what: str) -> dict[str, Any]:  # fmt: skip
+    """A definition document of ``kind`` (``what``: "a journey", "an offer"…) with its
+    ``kind`` and ``key`` filled in and checked, and no field outside ``allowed``."""
+    document = _mapping(raw, what)
+    if document.setdefault("kind", kind) != kind:
+        raise DefinitionError("kind", f"{document['kind']!r} is not {kind}")
+    _check_key(document, key)
+    for name in document:
+        if name not in allowed:
+            raise DefinitionError(name, _unknown(set(allowed)))
+    return document
+
+
+def validate(raw: Any, kind: str | None = None, key: str | None = None) -> dict[str, Any]:
+    """Check a document's shape and return it with ``kind`` and ``key`` filled in."""
+    document = _mapping(raw, "a definition")
+    kind = document.setdefault("kind", kind or "segment")
+    if kind not in ("segment", "score"):
+        raise DefinitionError("kind", f"{kind!r} is not segment or score")
+    _check_key(document, key)
     for name in ("name", "description"):
         if name in document and not isinstance(document[name], str):
             raise DefinitionError(name, "must be a string")
