@@ -35,6 +35,15 @@ def now_ms(h: Harness) -> int:
     return int(h.now.timestamp() * 1000)
 
 
+SHELF = {"kind": "placement", "key": "shelf", "type": "shelf", "strategy": "recommend"}
+
+
+def recommending(h: Harness, **placement: Any) -> None:
+    """A live recommend placement in the harness's workspace (what the learner learns for)."""
+    h.apply({**SHELF, **placement})
+    h.process()
+
+
 def test_what_people_engage_with_together_recommends_each_other(h: Harness) -> None:
     # Runners and trail shoes go together, many times; socks go with nothing here.
     for n in range(6):
@@ -43,7 +52,7 @@ def test_what_people_engage_with_together_recommends_each_other(h: Harness) -> N
     h.send(viewed("ada", "RUNNER", view_ms=2000), {"type": "identify", "anonymousId": "ada",
                                                    "userId": "u-ada"})  # fmt: skip
     h.tick(h.now + timedelta(seconds=5))  # ticks and definitions in the log are skipped
-    h.process()
+    recommending(h)
     learner = Learner(h.sql.engine)
     assert learner.catch_up(now_ms(h)) > 0
     assert learner.learnt == 14 and learner.catch_up(now_ms(h)) == 0  # nothing new
@@ -62,10 +71,25 @@ def test_what_people_engage_with_together_recommends_each_other(h: Harness) -> N
     assert learner.catch_up(now_ms(h)) == 1 and learner.learnt == 15
 
 
+def test_only_workspaces_with_a_recommend_placement_are_learnt(h: Harness) -> None:
+    h.send(viewed("fan", "RUNNER"), viewed("fan", "TRAIL"))
+    h.apply({**SHELF, "strategy": "priority"})
+    h.process()
+    learner = Learner(h.sql.engine)
+    assert learner.catch_up(now_ms(h)) == 0 and learner.models == {}  # nothing read
+    recommending(h)  # the shelf recommends from now on: the horizon's history is learnt
+    assert learner.catch_up(now_ms(h)) > 0 and learner.learnt == 2
+    assert learner.scores(h.workspace, None, ["RUNNER", "TRAIL"])["RUNNER"] > 0
+    recommending(h, strategy="bandit")  # no longer: the model is dropped
+    assert learner.catch_up(now_ms(h)) == 0 and learner.models == {} and learner.offsets == {}
+    assert learner.scores(h.workspace, None, ["RUNNER"]) == {}
+
+
 def test_only_the_horizon_is_read_at_start(h: Harness) -> None:
     h.send(viewed("old", "RUNNER"), viewed("old", "TRAIL"))
     h.now += timedelta(days=40)
     h.send(viewed("new", "SOCKS"))
+    recommending(h)
     learner = Learner(h.sql.engine)
     learner.catch_up(now_ms(h))
     assert learner.learnt == 1
@@ -78,13 +102,12 @@ def test_a_recommend_placement_shows_the_offer_of_the_item_recommended(h: Harnes
         h.send(viewed(f"fan-{n}", "RUNNER"), viewed(f"fan-{n}", "TRAIL"))
         h.send(viewed(f"coat-{n}", "PARKA"), viewed(f"coat-{n}", "SCARF"))
     h.send(viewed("ada", "RUNNER"))
-    h.process()
+    recommending(h)
     learner = Learner(h.sql.engine)
     learner.catch_up(now_ms(h))
     decider = Decider(h.sql.engine, Catalogue.default(), recommend=learner.scores,
                       rng=random.Random(1))  # fmt: skip
-    placement = compile_placement({"kind": "placement", "key": "shelf", "type": "shelf",
-                                   "strategy": "recommend"}, 1)  # fmt: skip
+    placement = compile_placement(SHELF, 1)
     offers = [compile_offer({"kind": "offer", "key": key, "placements": ["shelf"], "item": item,
                              "content": {"type": "text", "text": key}}, 1)
               for key, item in (("a-scarf", "SCARF"), ("b-trail", "TRAIL"))]  # fmt: skip

@@ -802,8 +802,10 @@ class Dispatcher:
         if self.metrics is not None:
             self.metrics.circuit_changes.labels(new).inc()
         if self.events is not None:
+            opened = d.circuit.opened_at_ms if new == OPEN else None
+            at = opened if opened is not None else now_ms()  # when it opened, to the ms
             reopen_at = d.circuit.reopen_at_ms if new == OPEN else None
-            self.events.add(circuit_event(d.workspace_id, d.id, old, new, reopen_at, now_ms()))
+            self.events.add(circuit_event(d.workspace_id, d.id, old, new, reopen_at, at))
         try:
             pending = self.on_circuit(d.workspace_id, d.id, old, new)
         except Exception:

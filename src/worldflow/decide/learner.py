@@ -1,9 +1,13 @@
 """The ``recommend`` strategy's models: item-to-item co-engagement learnt from the log.
 
-Each ingest worker keeps one :class:`~worldflow.decide.recommend.CoEngagement` per workspace
-and feeds it the log's object and product events as they are appended: it reads the log from
-its own offset every second (at start, from the first entry received within the model's
-horizon, 30 days), so every worker learns the same stream and the processor is not involved.
+Each ingest worker keeps one :class:`~worldflow.decide.recommend.CoEngagement` for each
+workspace that has a live ``recommend`` placement, and feeds it that workspace's object and
+product events as they are appended: every second it looks up which workspaces those are and
+reads each one's entries from its own offset (for a workspace new to it, from the first entry
+received within the model's horizon, 30 days), so every worker learns the same stream and the
+processor is not involved. A workspace without a recommend placement costs nothing: its
+entries are not read (they would otherwise cost an ingest worker a quarter of its time under
+load), and a model whose last recommend placement is gone is dropped.
 An event of the catalogue's engagement kinds (`SUGGESTED_WEIGHTS`: views and gaze dwells
 1, selections and grabs 1.5, details and configuration 2, try-ons 3, cart additions 4)
 whose ``obj`` names a product's SKU or an object id engages its person with that item (the
@@ -21,20 +25,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from starlette.concurrency import run_in_threadpool
 
+from worldflow.decide.definition import PLACEMENT
 from worldflow.decide.recommend import DAY_MS, SUGGESTED_WEIGHTS, CoEngagement
-from worldflow.events.model import Event, decode_event
 from worldflow.log.sql import read_entries
 from worldflow.profiles.model import Profile
+from worldflow.store.schema import active_definitions, definitions
 
 if TYPE_CHECKING:
     from worldflow.decide.engine import Person
@@ -50,14 +58,33 @@ _ENGAGEMENTS: Final = {name: weight for name, weight in SUGGESTED_WEIGHTS.items(
                        if name.startswith(("object.", "product.", "cart."))}  # fmt: skip
 
 
+class _Name(msgspec.Struct):
+    name: str | None = None
+
+
+class _Engagement(msgspec.Struct):
+    """What learning reads of an engagement event (decoding only this skips the rest)."""
+
+    timestamp: datetime
+    received_at: datetime
+    anonymous_id: str | None = None
+    user_id: str | None = None
+    properties: dict[str, Any] = {}
+
+
+_name = msgspec.json.Decoder(_Name).decode
+_engagement = msgspec.json.Decoder(_Engagement).decode
+
+
 class Learner:
-    """One worker's co-engagement models, one per workspace, fed from the log."""
+    """One worker's co-engagement models, one per workspace with a recommend placement, fed
+    from the log."""
 
     def __init__(self, engine: Engine, horizon_ms: int = HORIZON_MS) -> None:
         self.engine = engine
         self.horizon_ms = horizon_ms
         self.models: dict[str, CoEngagement] = {}
-        self.offset: int | None = None  # the last entry learnt
+        self.offsets: dict[str, int] = {}  # per workspace learnt: the last entry read
         self.learnt = 0
         self._lock = threading.Lock()
         self._task: asyncio.Task[None] | None = None
@@ -66,25 +93,49 @@ class Learner:
     # -- learning ------------------------------------------------------------------------
 
     def catch_up(self, now_ms: int | None = None, budget_s: float = 0.5) -> int:
-        """Learn what the log holds past the offset, for at most about ``budget_s``
-        (blocking); how many entries were read."""
-        if self.offset is None:
-            self.offset = self._start_offset((now_ms or _now_ms()) - self.horizon_ms)
+        """Learn what the log holds past each wanted workspace's offset, for at most about
+        ``budget_s`` (blocking); how many entries were read."""
+        wanted = self.wanted()
+        with self._lock:
+            for gone in set(self.models) - wanted:
+                del self.models[gone], self.offsets[gone]
         read = 0
         deadline = time.monotonic() + budget_s
-        while True:
-            entries = read_entries(self.engine, self.offset, BATCH)
-            for start in range(0, len(entries), LOCK_EVERY):
-                chunk = entries[start : start + LOCK_EVERY]
+        for workspace_id in sorted(wanted):
+            if workspace_id not in self.offsets:
+                since = (now_ms or _now_ms()) - self.horizon_ms
+                self.offsets[workspace_id] = self._start_offset(since)
                 with self._lock:
-                    for entry in chunk:
-                        if b'"obj"' in entry.body:  # cheap: most entries are skipped here
-                            self._learn(entry.body)
-            if entries:
-                self.offset = entries[-1].offset
-                read += len(entries)
-            if len(entries) < BATCH or time.monotonic() > deadline:
-                return read
+                    self.models[workspace_id] = CoEngagement(horizon_ms=self.horizon_ms)
+            while True:
+                entries = read_entries(self.engine, self.offsets[workspace_id], BATCH,
+                                       workspace_id=workspace_id)  # fmt: skip
+                model = self.models[workspace_id]
+                for start in range(0, len(entries), LOCK_EVERY):
+                    chunk = entries[start : start + LOCK_EVERY]
+                    with self._lock:
+                        for entry in chunk:
+                            if b'"obj"' in entry.body:  # cheap: most entries are skipped here
+                                self._learn(model, entry.body)
+                if entries:
+                    self.offsets[workspace_id] = entries[-1].offset
+                    read += len(entries)
+                if len(entries) < BATCH or time.monotonic() > deadline:
+                    break
+            if time.monotonic() > deadline:
+                break
+        return read
+
+    def wanted(self) -> set[str]:
+        """The workspaces with a live placement of the recommend strategy."""
+        a, d = active_definitions.c, definitions.c
+        query = sa.select(a.workspace_id, d.document).join(definitions, sa.and_(
+            a.workspace_id == d.workspace_id, a.kind == d.kind, a.key == d.key,
+            a.version == d.version)).where(a.kind == PLACEMENT)  # fmt: skip
+        with self.engine.connect() as conn:
+            rows = conn.execute(query).all()
+        return {workspace_id for workspace_id, document in rows
+                if json.loads(document).get("strategy") == "recommend"}  # fmt: skip
 
     def _start_offset(self, since_ms: int) -> int:
         mark = "?" if self.engine.dialect.paramstyle == "qmark" else "%s"
@@ -98,20 +149,19 @@ class Learner:
             last = conn.exec_driver_sql('SELECT max("offset") FROM event_log').scalar()
         return int(last) if last is not None else 0
 
-    def _learn(self, body: bytes) -> None:
+    def _learn(self, model: CoEngagement, body: bytes) -> None:
         try:
-            event = decode_event(body)
+            weight = _ENGAGEMENTS.get(_name(body).name or "")
+            if weight is None:
+                return
+            event = _engagement(body)
         except (msgspec.DecodeError, msgspec.ValidationError):
             return  # a tick or a definition record of the log, not an event
-        weight = _ENGAGEMENTS.get(event.name or "")
         person = event.anonymous_id or event.user_id
-        item = _item(event)
-        if weight is None or person is None or item is None:
+        item = _item(event.properties)
+        if person is None or item is None:
             return
         at = min(event.timestamp, event.received_at)
-        model = self.models.get(event.workspace_id)
-        if model is None:
-            model = self.models[event.workspace_id] = CoEngagement(horizon_ms=self.horizon_ms)
         model.add(person, item, int(at.timestamp() * 1000), weight)
         self.learnt += 1
 
@@ -153,8 +203,8 @@ class Learner:
                     await asyncio.wait_for(self._stop.wait(), EVERY_S)
 
 
-def _item(event: Event) -> str | None:
-    obj = event.properties.get("obj")
+def _item(properties: dict[str, Any]) -> str | None:
+    obj = properties.get("obj")
     if not isinstance(obj, dict):
         return None
     product = obj.get("product")
