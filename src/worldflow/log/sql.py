@@ -167,8 +167,8 @@ def read_entries(
 ) -> list[LogEntry]:
     """Entries with offset > after_offset, in offset order (a consumer needs no writer).
 
-    Driver SQL: the processor reads every entry through here, and the expression layer's
-    per-row work would cost it more than the read itself."""
+    Driver SQL on the driver's cursor: the processor reads every entry through here, and the
+    expression layer's per-row work would cost it more than the read itself."""
     mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     sql = ('SELECT "offset", workspace_id, message_id, "partition", received_at_ms, body'
            f' FROM event_log WHERE "offset" > {mark}')  # fmt: skip
@@ -182,5 +182,10 @@ def read_entries(
     sql += f' ORDER BY "offset" LIMIT {mark}'
     params.append(limit)
     make = LogEntry._make
-    with engine.connect() as conn:
-        return [make(row) for row in conn.exec_driver_sql(sql, tuple(params))]
+    with engine.connect() as conn:  # the driver's own cursor: no Row object per entry
+        cursor = conn.connection.cursor()
+        try:
+            cursor.execute(sql, tuple(params))
+            return [make(row) for row in cursor.fetchall()]
+        finally:
+            cursor.close()
