@@ -91,9 +91,17 @@ async def serve_decision(svc: Services, workspace_id: str, source_id: str, place
         if placement.strategy == "recommend":  # its model is asked on the thread too
             decision = await asyncio.wait_for(run_in_threadpool(work), DEADLINE_S)
         else:
-            # Only the reads wait on a thread: choosing is a fraction of a millisecond of
-            # CPU, which on a busy thread pool would queue behind the interpreter's lock.
-            profile, evidence = await asyncio.wait_for(run_in_threadpool(read), DEADLINE_S)
+            if decider.local_store:
+                # SQLite in WAL mode: a read of a local file that never waits for the writer,
+                # cheaper on the event loop than the hop to a thread and back (on a busy
+                # worker the hop queued behind the interpreter's lock).
+                profile, evidence = read()
+            else:
+                # Only the reads wait on a thread: choosing is a fraction of a millisecond
+                # of CPU, which on a busy thread pool would queue behind the interpreter's
+                # lock.
+                profile, evidence = await asyncio.wait_for(run_in_threadpool(read),
+                                                           DEADLINE_S)  # fmt: skip
             decision = decider.choose(workspace_id, placement, offers, profile, who, now_ms,
                                       evidence)  # fmt: skip
     except Exception:  # a slow or failing store: the fallback always answers

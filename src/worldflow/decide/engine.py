@@ -121,6 +121,7 @@ class Decider:
                  recommend: Recommend | None = None,
                  rng: random.Random | None = None) -> None:  # fmt: skip
         self.engine = engine
+        self.local_store = engine.dialect.name == "sqlite"  # reads need no thread
         self.profiles = SqlProfileStore(engine)
         self.catalogue = catalogue
         self.recommend = recommend  # (workspace, profile, items) → score per item
