@@ -55,8 +55,8 @@ class _Hello(msgspec.Struct, rename="camel"):
 _decode_control = msgspec.json.Decoder(_Hello)
 
 
-@router.websocket("/v1/push")
 async def push(websocket: WebSocket) -> None:
+    """``/v1/push``: served by the application directly (worldflow.app.App)."""
     svc = websocket.app.state.services
     try:
         key = credential_from_header(websocket.headers.get("authorization"))

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
-from fastapi import APIRouter, WebSocket, WebSocketDisconnect
+from fastapi import WebSocket, WebSocketDisconnect
 
 from worldflow.collect.auth import credential_from_header
 from worldflow.collect.errors import ApiError
@@ -26,8 +26,6 @@ from worldflow.log import LogError, LogOverloaded
 from worldflow.profiles.model import world_id
 from worldflow.services import Services
 from worldflow.store.sql import SourceRef
-
-router = APIRouter()
 
 _POLICY_VIOLATION = 1008
 
@@ -40,8 +38,8 @@ class _Frame(msgspec.Struct):
 _frame_decoder = msgspec.json.Decoder(_Frame)
 
 
-@router.websocket("/v1/stream")
 async def stream(websocket: WebSocket) -> None:
+    """``/v1/stream``: served by the application directly (worldflow.app.App)."""
     svc: Services = websocket.app.state.services
     try:
         key = credential_from_header(websocket.headers.get("authorization"))
