@@ -5,6 +5,7 @@ impressions and interactions teach (docs/DECIDE.md)."""
 from __future__ import annotations
 
 import random
+import statistics
 import time
 from collections import Counter
 from typing import Any
@@ -20,7 +21,7 @@ from worldflow.decide.definition import (
     validate_offer,
     validate_placement,
 )
-from worldflow.decide.engine import Decider
+from worldflow.decide.engine import Decider, beta
 from worldflow.events.catalogue import Catalogue
 from worldflow.profiles.model import new_profile
 from worldflow.segments.definition import DefinitionError
@@ -84,6 +85,17 @@ def test_priority_eligibility_validity_caps_and_the_fallback() -> None:
     person.segments[hidden_key("vip-gift")] = now  # the processor found them eligible
     assert decider.choose("ws", placement, offers, person, "u1", now).offer == "vip-gift"
     assert decider.choose("ws", placement, offers, None, "new", now).offer == "sneakers"
+
+
+def test_beta_draws_have_the_beta_distribution() -> None:
+    rng = random.Random(3)
+    for a, b in ((1, 1), (1, 9), (1, 200), (4, 1), (3, 7)):
+        draws = sorted(beta(rng, a, b) for _ in range(20_000))
+        assert all(0.0 <= d <= 1.0 for d in draws)
+        mean = a / (a + b)
+        assert abs(statistics.fmean(draws) - mean) < 0.01 * max(mean, 0.1), (a, b)
+        variance = a * b / ((a + b) ** 2 * (a + b + 1))
+        assert abs(statistics.variance(draws) - variance) < 0.05 * variance, (a, b)
 
 
 def test_the_bandit_favours_what_people_act_on_and_still_explores() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 import threading
 import time
@@ -112,6 +113,19 @@ class Person(msgspec.Struct, frozen=True):
 
 
 _person = msgspec.json.Decoder(Person).decode
+
+
+def beta(rng: random.Random, a: float, b: float) -> float:
+    """A draw from Beta(a, b). With a or b equal to 1 (an offer nobody has acted on yet, the
+    common case) the inverse of its distribution function gives it from one uniform draw, a
+    tenth of the time of two gamma draws; a bandit draws one per candidate per decision."""
+    if a == 1:
+        return 1.0 - math.pow(rng.random(), 1.0 / b)
+    if b == 1:
+        return math.pow(rng.random(), 1.0 / a)
+    return rng.betavariate(a, b)
+
+
 Evidence = dict[tuple[str, str], tuple[int, int]]  # (arm, offer) → (impressions, interactions)
 Recommend = Callable[[str, Person | Profile | None, Sequence[str]], dict[str, float]]
 
@@ -256,7 +270,7 @@ class Decider:
             for offer in best:
                 shown, acted = stats.get((arm, offer.key), (0, 0))
                 acted = min(acted, shown)
-                draws.append((self.rng.betavariate(1 + acted, 1 + shown - acted), offer.key,
+                draws.append((beta(self.rng, 1 + acted, 1 + shown - acted), offer.key,
                               offer))  # fmt: skip
             chosen = max(draws, key=lambda d: (d[0], d[1]))[2]
         elif placement.strategy == "bandit":
