@@ -41,8 +41,8 @@ class DecideRequest(BaseModel):
 async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
     """What a placement shows this person now: ``{decision_id, placement, offer, content,
     strategy, fallback}``. Authenticated with a write key (HTTP Basic or Bearer), as events
-    are. The answer never waits for the log; a slow or failing store answers with the
-    placement's fallback."""
+    are. The answer never waits for the log; a failing store, or PostgreSQL slower than
+    50 ms, answers with the placement's fallback."""
     started = time.perf_counter()
     svc = _services(request)
     source = await svc.auth.source(credential_from_header(request.headers.get("authorization")))
@@ -63,8 +63,8 @@ async def serve_decision(svc: Services, workspace_id: str, source_id: str, place
                          started: float | None = None) -> Decision | None:  # fmt: skip
     """A decision for one person (POST /v1/decide, the push channel's ``decide`` frames and
     journeys' pushed decisions), logged as ``decision.served`` without waiting for the log;
-    None when the placement is not active in the workspace. A slow or failing store gives
-    the placement's fallback."""
+    None when the placement is not active in the workspace. A failing store, or PostgreSQL
+    slower than 50 ms, gives the placement's fallback."""
     started = time.perf_counter() if started is None else started
     decider = svc.decider
     catalog = decider.cached_catalog(workspace_id)
@@ -104,7 +104,7 @@ async def serve_decision(svc: Services, workspace_id: str, source_id: str, place
                                                            DEADLINE_S)  # fmt: skip
             decision = decider.choose(workspace_id, placement, offers, profile, who, now_ms,
                                       evidence)  # fmt: skip
-    except Exception:  # a slow or failing store: the fallback always answers
+    except Exception:  # a failing or slow store: the fallback always answers
         svc.metrics.decisions.labels("fallback_error").inc()
         decision = decider.fallback(placement)
     if decision.offer is not None:
