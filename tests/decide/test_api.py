@@ -81,6 +81,20 @@ def run_it(server: ServerProcess) -> None:
         missing = http.post("/v1/decide", json={"placement": "nowhere", "userId": "ada"})
         assert missing.status_code == 404 and missing.json()["code"] == "placement_not_found"
         assert http.post("/v1/decide", json={"placement": "lobby-billboard"}).status_code == 400
+        for body, status, code, field in (
+            (b'{"placement": ', 400, "invalid_json", "body"),
+            (b'{"userId": "ada"}', 422, "invalid_field", "placement"),
+            (b'{"placement": "no such key!", "userId": "ada"}', 422, "invalid_field", "placement"),
+            (b'{"placement": "x", "userId": "ada", "colour": 1}', 422, "invalid_field", "colour"),
+            (b'{"placement": "x", "userId": 7}', 422, "invalid_field", "userId"),
+            (b'{"placement": "x", "userId": "ada", "context": []}', 422, "invalid_field",
+             "context"),
+        ):  # fmt: skip
+            bad = http.post("/v1/decide", content=body)
+            assert (bad.status_code, bad.json()["code"]) == (status, code), bad.text
+            assert field in bad.json()["message"], bad.text
+        too_long = http.post("/v1/decide", json={"placement": "x", "userId": "a" * 201})
+        assert too_long.status_code == 422 and too_long.json()["message"].startswith("userId")
         assert httpx.post(f"{server.url}/v1/decide", json={"placement": "lobby-billboard",
                           "userId": "ada"}).status_code == 401  # fmt: skip
         # The decisions are in the log; the impression and the interaction teach the bandit.

@@ -8,15 +8,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Path, Request
-from pydantic import BaseModel, ConfigDict, Field
+import msgspec
+from fastapi import APIRouter, Path, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from worldflow.admin import Admin, Read, _services
 from worldflow.collect.auth import credential_from_header
+from worldflow.collect.body import read_body
 from worldflow.collect.errors import ApiError
 from worldflow.decide.definition import OFFER, PLACEMENT, validate_offer, validate_placement
 from worldflow.decide.engine import Decision, Evidence, Person
+from worldflow.events.segment import _path_of
 from worldflow.segments.api import _document, _get, _invalid, _summary, store_and_activate
 from worldflow.segments.definition import KEY, DefinitionError
 from worldflow.services import Services
@@ -26,26 +28,50 @@ KeyPath = Annotated[str, Path(pattern=KEY.pattern, description="the key")]
 DEADLINE_S: Final = 0.05  # beyond it, the placement's fallback answers
 
 
-class DecideRequest(BaseModel):
-    model_config = ConfigDict(populate_by_name=True, extra="forbid")
+class DecideRequest(msgspec.Struct, rename="camel", forbid_unknown_fields=True):
+    """The body of ``POST /v1/decide``."""
 
-    placement: str = Field(pattern=KEY.pattern, description="the placement to fill")
-    anonymous_id: str | None = Field(None, alias="anonymousId", max_length=200)
-    user_id: str | None = Field(None, alias="userId", max_length=200)
-    context: dict[str, Any] = Field(
-        default_factory=dict, description="where the person is: world, zone, …"
-    )
+    placement: Annotated[str, msgspec.Meta(pattern=f"^{KEY.pattern}$",
+                                           description="the placement to fill")]  # fmt: skip
+    anonymous_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    user_id: Annotated[str, msgspec.Meta(max_length=200)] | None = None
+    context: Annotated[dict[str, Any], msgspec.Meta(
+        description="where the person is: world, zone, …")] = {}  # fmt: skip
 
 
-@router.post("/decide")
-async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
+_decode_request = msgspec.json.Decoder(DecideRequest).decode
+MAX_BODY_BYTES: Final = 64 * 1024
+_DECIDE_DOC: Final = {
+    "requestBody": {"required": True, "content": {"application/json": {
+        "schema": msgspec.json.schema_components([DecideRequest])[1]["DecideRequest"]}}},
+    "security": [{"writeKeyBasic": []}],
+}  # fmt: skip
+
+
+def decide_request(raw: bytes) -> DecideRequest:
+    """The request, or a 400/422 naming what is wrong with it."""
+    try:
+        return _decode_request(raw)
+    except msgspec.ValidationError as exc:
+        problem = _path_of(exc, "")
+        raise ApiError(422, "invalid_field", f"{problem.field}: {problem.message}") from None
+    except msgspec.DecodeError as exc:
+        raise ApiError(400, "invalid_json", f"body: not valid JSON: {exc}") from None
+
+
+@router.post("/decide", openapi_extra=_DECIDE_DOC,
+             responses={200: {"description": "the decision"}})  # fmt: skip
+async def decide(request: Request) -> Response:
     """What a placement shows this person now: ``{decision_id, placement, offer, content,
     strategy, fallback}``. Authenticated with a write key (HTTP Basic or Bearer), as events
     are. The answer never waits for the log; a failing store, or PostgreSQL slower than
     50 ms, answers with the placement's fallback."""
+    # The body is read and answered without the framework's models: on this path they cost
+    # about 30 µs a request, against 48 µs for deciding itself (in-process).
     started = time.perf_counter()
     svc = _services(request)
     source = await svc.auth.source(credential_from_header(request.headers.get("authorization")))
+    body = decide_request(await read_body(request, MAX_BODY_BYTES))
     if not body.anonymous_id and not body.user_id:
         raise ApiError(400, "invalid_body", "anonymousId or userId: one is required")
     decision = await serve_decision(svc, source.workspace_id, source.source_id, body.placement,
@@ -54,7 +80,7 @@ async def decide(request: Request, body: DecideRequest) -> dict[str, Any]:
     if decision is None:
         raise ApiError(404, "placement_not_found", f"placement: no placement {body.placement!r} "
                        "is active in this workspace")  # fmt: skip
-    return decision.body()
+    return Response(msgspec.json.encode(decision.body()), media_type="application/json")
 
 
 async def serve_decision(svc: Services, workspace_id: str, source_id: str, placement_key: str,
