@@ -151,6 +151,21 @@ def test_traits_consent_and_other_segments(h: Harness) -> None:
     assert set(h.by("user_id", "u1").segments) == {"sneaker-gazers"}
 
 
+def test_segments_on_statistics_alone(h: Harness) -> None:
+    """Each on its own in the workspace: orders, an event's counter, a world's sessions."""
+    h.apply({"key": "buyers", "condition": {">=": [{"var": "orders"}, 1]}})
+    h.apply({"key": "gazers", "condition": {">=": [{"var": "counters.events.object.gaze_dwell"},
+                                                   2]}})  # fmt: skip
+    order = {"order_id": "o1", "total": {"amount": 10, "currency": "EUR"}}
+    h.send(track("order.completed", order, userId="u1", context=CTX), gaze("u2"))
+    h.process()
+    assert set(h.by("user_id", "u1").segments) == {"buyers"}
+    assert set(h.by("user_id", "u2").segments) == set()
+    h.send(gaze("u2"))
+    h.process()
+    assert set(h.by("user_id", "u2").segments) == {"gazers"}
+
+
 def test_scores_with_caps_decay_and_a_segment_on_them(h: Harness) -> None:
     h.apply({"kind": "score", "key": "engagement", "half_life": "1d", "decay_step": "1h",
              "rules": [{"event": "object.gaze_dwell", "points": 4,

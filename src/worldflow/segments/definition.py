@@ -469,6 +469,47 @@ def _register() -> None:
     register_operation("consent", _compile_consent, reads=_profile_reads, boolean=True)
     register_operation("score", _compile_score, reads=_profile_reads)
     register_operation("in_segment", _compile_in_segment, reads=_profile_reads, boolean=True)
+    register_operation(_COUNTER_OP, _compile_counter, reads=lambda args: {f"counters.{args[0]}"})
+
+
+_COUNTER_OP: Final = "$counter"
+_EVENT_COUNTERS: Final = "counters.events."
+_ELEMENT_SCOPED: Final = frozenset({"map", "filter", "reduce", "all", "none", "some"})
+
+
+def _counter_vars(rule: Any) -> Any:
+    """The rule with each ``{"var": "counters.events.<event name>"}`` reading that event's
+    counter: the processor keeps its counters flat (``"events.object.viewed"``), where a
+    dotted path would look for ``object`` inside the number of all events."""
+    if type(rule) is list:
+        return [_counter_vars(item) for item in rule]
+    if type(rule) is not dict or len(rule) != 1:
+        return rule
+    ((name, value),) = rule.items()
+    if name == "var":
+        path, rest = (value, []) if type(value) is str else (None, [])
+        if type(value) is list and value and type(value[0]) is str:
+            path, rest = value[0], value[1:2]
+        if path is not None and path.startswith(_EVENT_COUNTERS) and path != _EVENT_COUNTERS:
+            return {_COUNTER_OP: [path.removeprefix("counters."), *rest]}
+        return rule
+    if name in _ELEMENT_SCOPED and type(value) is list and value:  # the rest reads elements
+        return {name: [_counter_vars(value[0]), *value[1:]]}
+    return {name: _counter_vars(value)}
+
+
+def _compile_counter(op: Operation) -> Evaluator:
+    key = op.args[0]  # "events.<event name>", from _counter_vars
+    default = op.compile(1) if len(op.args) > 1 else None
+
+    def evaluate(data: Any) -> Any:
+        counters = data.get("counters") if type(data) is dict else None
+        found = counters.get(key) if type(counters) is dict else None
+        if found is None and default is not None:
+            return default(data)
+        return found
+
+    return evaluate
 
 
 def _min_max_reads(builtin: Callable[[list[Any]], set[str]] | None) -> Callable[..., set[str]]:
@@ -491,6 +532,7 @@ def compile_condition(rule: Any, path: str = "condition") -> tuple[Evaluator, Ne
     needs = Needs()
     token = _NEEDS.set(needs)
     flips: list[tuple[int, Any, Any]] = []
+    rule = _counter_vars(rule)
     try:
         evaluate = compile_logic(rule, path)
         exact_clock = _reads_now(rule) and not _reads_now(_without_flips(rule, flips))

@@ -303,6 +303,9 @@ class Definitions:
         self.index = {name: _EventIndex(found) for name, found in self.by_event.items()}
         self.watched = {bid: _Watch(readers) for bid, readers in limited.items()}
         self.flip_segments = {k for k, s in self.segments.items() if s.needs.flip is not None}
+        # Per-world statistics and their totals, in the data of every evaluation when some
+        # segment reads them (``orders`` only changes with an order: not an activity reader).
+        self.statistics = bool(self.activity_readers or self.activity_by_event)
         self.empty = not self.segments and not self.scores
 
     def all(self) -> list[Definition]:
@@ -588,7 +591,7 @@ class Definitions:
             "now": now,
             "$": _ProfileScope(self, profile, now),
         }
-        if self.activity_readers:
+        if self.statistics:
             worlds: dict[str, dict[str, int]] = {}
             totals = dict.fromkeys(("events", "sessions", "active_ms", "orders"), 0)
             for world_id, world in profile.worlds.items():
