@@ -12,8 +12,10 @@ carry exactly that instant.
 
 Conditions compare the clock with event times (``now − last_time(B) > D``, ``now ≤
 first_time(B) + D``) and with fixed dates: memberships then change at exact instants too.
-Left out: sessions (every event belongs to one session that never ends, and no condition uses
-``within: session``), world statistics, counters, ``{"var": "now"}`` read otherwise than in
+Event counters (``counters.events``, ``counters.events.<name>``) are counted by the driver as
+the processor counts them and by the oracle from the history. Left out: sessions (every event
+belongs to one session that never ends, and no condition uses ``within: session``), world
+statistics, ``{"var": "now"}`` read otherwise than in
 such comparisons (evaluated "when the profile changes or one of its timers fires", not at
 exact instants), score time zones other than UTC, and the bounds of 1,000 events per
 behaviour (streams here are shorter). Half-lives divide the decay step, so every decay factor
@@ -178,8 +180,19 @@ class Oracle:
         if op == "in_segment":
             return arg in inside
         if op == "var":
-            return node
+            path = arg if isinstance(arg, str) else arg[0]
+            return self.counter(arg) if path.startswith("counters.events") else node
         return {op: self.substitute(arg, t, inside)}
+
+    def counter(self, arg: Any) -> Any:
+        """An event counter, as ``var`` reads it: absent (the default) until counted."""
+        path, default = (arg, None) if isinstance(arg, str) else (arg[0], (arg[1:] or [None])[0])
+        if path == "counters.events":
+            n = len(self.history)
+        else:
+            name = path.removeprefix("counters.events.")
+            n = sum(1 for e in self.history if (e.name or "identify") == name)
+        return n or default
 
     def where(self, rule: Any) -> Test:
         if rule is None:
@@ -431,6 +444,9 @@ def drive(documents: list[dict[str, Any]], steps: list[Step]) -> list[Change]:
             purpose, granted = step.value
             profile.consent[purpose] = Consent(granted, min(step.at, now))
             oracle.consent[purpose] = granted
+        key = f"events.{step.name or 'identify'}"  # as the processor counts them
+        profile.counters["events"] = profile.counters.get("events", 0) + 1
+        profile.counters[key] = profile.counters.get(key, 0) + 1
         got = definitions.on_event(
             profile,
             step.name,
@@ -573,6 +589,11 @@ def atoms(earlier: list[str], scored: bool, names: tuple[str, ...]) -> st.Search
             ),
         ),
     ]
+    counted = [{"var": "counters.events"}, {"var": ["counters.events.object.gaze_dwell", 0]},
+               *({"var": f"counters.events.{name}"} for name in names)]  # fmt: skip
+    options.append((1, st.builds(lambda op, counter, n: {op: [counter, n]},
+                                 st.sampled_from(COMPARISONS), st.sampled_from(counted),
+                                 st.integers(0, 4))))  # fmt: skip
     if earlier:
         options.append((2, st.builds(lambda k: {"in_segment": k}, st.sampled_from(earlier))))
     if scored:
