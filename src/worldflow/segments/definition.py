@@ -487,11 +487,10 @@ def _counter_vars(rule: Any) -> Any:
         return rule
     ((name, value),) = rule.items()
     if name == "var":
-        path, rest = (value, []) if type(value) is str else (None, [])
-        if type(value) is list and value and type(value[0]) is str:
-            path, rest = value[0], value[1:2]
-        if path is not None and path.startswith(_EVENT_COUNTERS) and path != _EVENT_COUNTERS:
-            return {_COUNTER_OP: [path.removeprefix("counters."), *rest]}
+        args = value if type(value) is list else [value]  # [path] or [path, default]
+        path = args[0] if args else None
+        if type(path) is str and path.startswith(_EVENT_COUNTERS) and path != _EVENT_COUNTERS:
+            return {_COUNTER_OP: [path.removeprefix("counters."), *args[1:2]]}
         return rule
     if name in _ELEMENT_SCOPED and type(value) is list and value:  # the rest reads elements
         return {name: [_counter_vars(value[0]), *value[1:]]}

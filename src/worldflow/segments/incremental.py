@@ -304,8 +304,9 @@ class Definitions:
         self.watched = {bid: _Watch(readers) for bid, readers in limited.items()}
         self.flip_segments = {k for k, s in self.segments.items() if s.needs.flip is not None}
         # Per-world statistics and their totals, in the data of every evaluation when some
-        # segment reads them (``orders`` only changes with an order: not an activity reader).
-        self.statistics = bool(self.activity_readers or self.activity_by_event)
+        # segment reads them (``orders`` only changes with an order: not an activity reader;
+        # the counters of events are in the profile's counters, which the data always has).
+        self.statistics = bool(self.activity_readers) or "order.completed" in self.activity_by_event
         self.empty = not self.segments and not self.scores
 
     def all(self) -> list[Definition]:
